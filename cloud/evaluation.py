@@ -7,6 +7,7 @@ foreground rows in float16; every later round only runs the mappers.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +63,23 @@ class Evaluator:
         self.split = split
         self.extractor = extractor
         self._set: EvaluationSet | None = None
+        self._prepare_lock = threading.Lock()
 
     def classes(self) -> list[str]:
         return list_classes(self.data_root)
 
     def prepare(self) -> EvaluationSet:
-        """Read and extract the split once; corrupt files are skipped with a logged reason."""
-        if self._set is not None:
+        """Read and extract the split once; corrupt files are skipped with a logged reason.
+
+        Safe to call from a background thread while the round loop runs: a second
+        caller waits for the first extraction instead of repeating it.
+        """
+        with self._prepare_lock:
+            if self._set is None:
+                self._set = self._extract_split()
             return self._set
+
+    def _extract_split(self) -> EvaluationSet:
         started = time.perf_counter()
         samples: dict[str, list[_EvalSample]] = {}
         skipped = 0
@@ -96,7 +106,6 @@ class Evaluator:
                     )
                 )
             samples[class_name] = entries
-        self._set = EvaluationSet(samples=samples, skipped=skipped)
         count = sum(len(entries) for entries in samples.values())
         logger.info(
             "evaluation set ready: %d %s samples in %d classes, %d skipped, %.1f s",
@@ -106,7 +115,7 @@ class Evaluator:
             skipped,
             time.perf_counter() - started,
         )
-        return self._set
+        return EvaluationSet(samples=samples, skipped=skipped)
 
     def evaluate(self, bank: ModelBank) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         """Return per-class metrics (I-AUROC, P-AUROC, AUPRO at 30/10/5/1 %) and their mean."""

@@ -1,0 +1,269 @@
+"""`modiad demo`: the whole fleet on one machine, as separate processes over MQTT.
+
+Steps: make sure the dataset exists (generating the synthetic set if needed),
+start an embedded broker on a free loopback port unless a broker URL is given,
+write one config per service into the output folder, launch the sensors, the
+edges and the cloud, show progress per round, and print the per-class table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modiad.errors import ConfigError, DatasetError, ModiadError
+from modiad.metrics import format_table
+
+__all__ = ["DemoOptions", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_ROOT = Path("./modiad-data/synthetic")
+RESULTS_PARENT = Path("./modiad-results")
+PROCESS_STOP_TIMEOUT_S = 20.0
+"""Seconds a service gets to exit after SIGTERM before it is killed."""
+
+
+@dataclass
+class DemoOptions:
+    """Command-line choices of the demo; None means the embedded default."""
+
+    output: Path | None = None
+    broker: str | None = None
+    dataset: str = "synthetic"
+    data_root: Path | None = None
+    rounds: int = 10
+    edges: int = 5
+    policy: str = "smg"
+    comm_budget: int = 5
+    capacity: int = 2
+    packet_size: int = 10
+    iterations: int = 100
+    seed: int = 0
+    transport: str = "mqtt"
+    timeout_s: float = 3600.0
+
+
+def run_demo(options: DemoOptions) -> dict[str, Any]:
+    """Run the demo end to end; return the parsed results.json."""
+    output = _prepare_output(options.output)
+    print(f"MODIAD demo: results go to {output}", flush=True)
+
+    data_root = _prepare_dataset(options)
+    edge_ids = [f"edge-{index}" for index in range(1, options.edges + 1)]
+    configs = _write_configs(options, output, data_root, edge_ids, broker_url="mqtt://127.0.0.1:1")
+
+    if options.transport == "inprocess":
+        return _run_inprocess(configs, output)
+
+    broker_process = None
+    broker_url = options.broker
+    if broker_url is None:
+        broker_process, broker_url = _start_embedded_broker(output)
+    configs = _write_configs(options, output, data_root, edge_ids, broker_url=broker_url)
+
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        for name in ["sensors", *edge_ids, "cloud"]:
+            processes[name] = _launch(name, configs[name], output)
+        print(f"started sensors, {len(edge_ids)} edges and the cloud; logs in {output / 'logs'}", flush=True)
+        _follow_progress(output, processes, options)
+    finally:
+        _stop_all(processes)
+        if broker_process is not None:
+            _stop_process("broker", broker_process)
+
+    results = json.loads((output / "results.json").read_text(encoding="utf-8"))
+    _print_results(results, output)
+    return results
+
+
+def _prepare_output(output: Path | None) -> Path:
+    if output is None:
+        output = RESULTS_PARENT / datetime.now().strftime("%Y%m%d-%H%M%S")
+    output = Path(output).resolve()
+    if (output / "results.json").exists():
+        raise ConfigError(f"output folder {output} already holds results.json; choose another --output")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def _prepare_dataset(options: DemoOptions) -> Path:
+    if options.dataset != "synthetic":
+        if options.data_root is None:
+            raise ConfigError(f"--dataset {options.dataset} needs --data-root pointing at the dataset's folder")
+        if not options.data_root.is_dir():
+            raise DatasetError(f"data root {options.data_root} not found; pass the folder that holds the class folders")
+        return options.data_root.resolve()
+
+    from sensors_sim.synthetic import generate_dataset
+
+    root = (options.data_root or DEFAULT_DATA_ROOT).resolve()
+    started = time.perf_counter()
+    print(f"synthetic dataset: {root} (generated if missing)", flush=True)
+    generate_dataset(root, profile="demo", seed=options.seed)
+    print(f"synthetic dataset ready in {time.perf_counter() - started:.1f} s", flush=True)
+    return root
+
+
+def _write_configs(
+    options: DemoOptions, output: Path, data_root: Path, edge_ids: list[str], *, broker_url: str
+) -> dict[str, Path]:
+    config_dir = output / "config"
+    state_dir = output / "state"
+    config_dir.mkdir(exist_ok=True)
+    common = {"mqtt": {"url": broker_url}, "seed": options.seed, "log_level": "INFO"}
+    documents: dict[str, dict[str, Any]] = {
+        "cloud": {
+            **common,
+            "state_dir": str(state_dir / "cloud"),
+            "rounds": options.rounds,
+            "expected_edges": edge_ids,
+            "data_root": str(data_root),
+            "results_dir": str(output),
+            "scheduling": {"policy": options.policy, "comm_budget": options.comm_budget},
+            "training": {"iterations": options.iterations},
+        },
+        "sensors": {
+            **common,
+            "state_dir": str(state_dir / "sensors"),
+            "data_root": str(data_root),
+            "edges": edge_ids,
+            "rounds": options.rounds,
+            "packet_size": options.packet_size,
+        },
+    }
+    for edge_id in edge_ids:
+        documents[edge_id] = {
+            **common,
+            "state_dir": str(state_dir / edge_id),
+            "edge_id": edge_id,
+            "capacity": options.capacity,
+        }
+    paths = {}
+    for name, document in documents.items():
+        path = config_dir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=True), encoding="utf-8")
+        paths[name] = path
+    return paths
+
+
+def _start_embedded_broker(output: Path) -> tuple[subprocess.Popen, str]:
+    from modiad.broker import free_port, wait_for_port
+
+    port = free_port()
+    log = (output / "logs").resolve()
+    log.mkdir(exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modiad.broker", "--port", str(port)],
+        stdout=(log / "broker.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_port("127.0.0.1", port, timeout_s=30.0)
+    print(f"embedded broker listening on 127.0.0.1:{port}", flush=True)
+    return process, f"mqtt://127.0.0.1:{port}"
+
+
+def _launch(name: str, config: Path, output: Path) -> subprocess.Popen:
+    service = "edge" if name.startswith("edge-") else name
+    log_dir = output / "logs"
+    log_dir.mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "modiad.cli", service, "--config", str(config)]
+    if service == "edge":
+        command.append("--exit-when-finished")
+    environment = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        command, stdout=(log_dir / f"{name}.log").open("wb"), stderr=subprocess.STDOUT, env=environment
+    )
+
+
+def _follow_progress(output: Path, processes: dict[str, subprocess.Popen], options: DemoOptions) -> None:
+    """Print one line per finished round until the cloud exits; fail fast if a service dies."""
+    rounds_path = output / "rounds.jsonl"
+    printed = 0
+    started = time.monotonic()
+    while True:
+        printed = _print_new_rounds(rounds_path, printed, options.rounds, started)
+        cloud = processes["cloud"]
+        if cloud.poll() is not None:
+            _print_new_rounds(rounds_path, printed, options.rounds, started)
+            if cloud.returncode != 0:
+                raise ModiadError(f"the cloud exited with code {cloud.returncode}; see {output / 'logs' / 'cloud.log'}")
+            return
+        for name, process in processes.items():
+            if name != "cloud" and process.poll() not in (None, 0):
+                raise ModiadError(f"{name} exited with code {process.returncode}; see {output / 'logs' / (name + '.log')}")
+        if time.monotonic() - started > options.timeout_s:
+            raise ModiadError(f"the demo did not finish within {options.timeout_s:.0f} s; see the logs in {output / 'logs'}")
+        time.sleep(0.5)
+
+
+def _print_new_rounds(rounds_path: Path, printed: int, total: int, started: float) -> int:
+    if not rounds_path.exists():
+        return printed
+    lines = rounds_path.read_text(encoding="utf-8").splitlines()
+    for line in lines[printed:]:
+        summary = json.loads(line)
+        mean = summary.get("metrics_mean") or {}
+        metric = f"mean I-AUROC {mean['i_auroc']:.3f}, AUPRO@10% {mean['aupro@0.1']:.3f}" if mean else "not evaluated"
+        received = len(summary["selection"]) - len(summary["missing_updates"])
+        print(
+            f"round {summary['round']:>3}/{total}  updates {received}/{len(summary['selection'])}  "
+            f"{metric}  ({time.monotonic() - started:.0f} s elapsed)",
+            flush=True,
+        )
+    return len(lines)
+
+
+def _stop_all(processes: dict[str, subprocess.Popen]) -> None:
+    for name, process in processes.items():
+        _stop_process(name, process)
+
+
+def _stop_process(name: str, process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=PROCESS_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s did not stop within %.0f s; killing it", name, PROCESS_STOP_TIMEOUT_S)
+        process.kill()
+        process.wait()
+
+
+def _run_inprocess(configs: dict[str, Path], output: Path) -> dict[str, Any]:
+    from modiad.experiment import run_inprocess
+    from modiad.settings import CloudSettings, EdgeSettings, SensorSettings, load_settings
+
+    cloud = load_settings(CloudSettings, configs["cloud"], transport="inprocess")
+    edges = [
+        load_settings(EdgeSettings, path, transport="inprocess")
+        for name, path in sorted(configs.items())
+        if name.startswith("edge-")
+    ]
+    sensors = load_settings(SensorSettings, configs["sensors"], transport="inprocess")
+    print("running every service in this process (transport: inprocess)", flush=True)
+    run_inprocess(cloud, edges, sensors, results_dir=output)
+    results = json.loads((output / "results.json").read_text(encoding="utf-8"))
+    _print_results(results, output)
+    return results
+
+
+def _print_results(results: dict[str, Any], output: Path) -> None:
+    table = format_table(results["classes"], results["mean"])
+    (output / "table.txt").write_text(table + "\n", encoding="utf-8")
+    print()
+    print(table)
+    print()
+    print(f"results: {output / 'results.json'}, {output / 'results.csv'}, round log {output / 'rounds.jsonl'}")

@@ -1,0 +1,1 @@
+"""Cloud service: round coordinator, schedulers, class-wise aggregation and the model bank."""

@@ -42,15 +42,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_FPR_LIMITS: tuple[float, ...] = (0.3, 0.1, 0.05, 0.01)
-"""FPR limits reported for AUPRO. 0.3 is the MVTec standard; the lower limits weigh the
+"""FPR limits reported for AUPRO. 0.3 is the MVTec standard. The lower limits weigh the
 low false-alarm operating points that a production line can afford."""
 
 DEFAULT_TABLE_KEYS: tuple[str, ...] = ("i_auroc", "aupro@0.1", "aupro@0.05")
 """Report keys shown by `format_table` unless the caller picks others."""
 
-# Sorted scores are scanned in blocks of this many elements. A block needs about 70
-# bytes of temporaries per element (about 18 MiB at 2**18), and larger blocks only save
-# NumPy call overhead, which is already negligible at this size.
+# Sorted scores are scanned in blocks of this many elements. By estimate, a block needs
+# up to 80 bytes of temporaries per element (20 MiB at 2**18). Larger blocks would only
+# save NumPy call overhead, which is already negligible at this size.
 _BLOCK_ELEMENTS = 1 << 18
 
 # 8-connectivity: defect pixels that touch only at a corner belong to the same region.
@@ -91,7 +91,7 @@ def image_auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     """Compute the image-level AUROC of one score per image.
 
     Args:
-        scores: shape (N,), one finite score per image; higher means more anomalous.
+        scores: shape (N,), one finite score per image. Higher means more anomalous.
             The image score of an anomaly map is usually its maximum.
         labels: shape (N,), 0 for a normal image and 1 for an anomalous one (bool works).
 
@@ -112,8 +112,8 @@ def image_auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     if n_anomalous == 0 or n_anomalous == label_array.size:
         present = 1 if n_anomalous else 0
         raise ValueError(
-            f"image AUROC is undefined: all {label_array.size} images have label {present}; "
-            "evaluate on a set with both normal (0) and anomalous (1) images"
+            f"image AUROC is undefined because all {label_array.size} images have label {present}. "
+            "Evaluate on a set with both normal (0) and anomalous (1) images"
         )
 
     negatives = np.sort(score_array[~is_anomalous])
@@ -137,8 +137,8 @@ def pixel_auroc(anomaly_maps: Any, gt_masks: Any) -> float:
     if images.n_defect_pixels == 0 or images.n_defect_pixels == images.n_pixels:
         present = "defective" if images.n_defect_pixels else "defect-free"
         raise ValueError(
-            f"pixel AUROC is undefined: all {images.n_pixels} pixels are {present}; "
-            "evaluate on masks with both defect and defect-free pixels"
+            f"pixel AUROC is undefined because all {images.n_pixels} pixels are {present}. "
+            "Evaluate on masks with both defect and defect-free pixels"
         )
 
     pools = _collect_pools(images, label_regions=False)
@@ -148,7 +148,7 @@ def pixel_auroc(anomaly_maps: Any, gt_masks: Any) -> float:
 def aupro(anomaly_maps: Any, gt_masks: Any, fpr_limit: float = 0.3) -> float:
     """Compute the normalised area under the PRO curve up to ``fpr_limit``.
 
-    See `aupro_at` for the definition. The result lies in [0, 1]; a constant map gives
+    See `aupro_at` for the definition. The result lies in [0, 1], and a constant map gives
     ``fpr_limit / 2``.
     """
     return aupro_at(anomaly_maps, gt_masks, limits=(fpr_limit,))[float(fpr_limit)]
@@ -234,8 +234,8 @@ def class_report(
     n_scores = np.asarray(scores).shape[0]
     if n_scores != len(images.maps):
         raise ValueError(
-            f"got {n_scores} image scores but {len(images.maps)} anomaly maps; "
-            "pass one score, label, map and mask per test image"
+            f"got {n_scores} image scores but {len(images.maps)} anomaly maps. "
+            "Pass one score, label, map and mask per test image"
         )
     _require_defects_and_background(images)
 
@@ -260,7 +260,7 @@ def mean_report(per_class: Mapping[str, Mapping[str, float]]) -> dict[str, float
         ValueError: if ``per_class`` is empty or the classes report different keys.
     """
     if not per_class:
-        raise ValueError("no class reports to average; pass at least one class report")
+        raise ValueError("no class reports to average. Pass at least one class report")
 
     reference_class, reference_report = next(iter(per_class.items()))
     keys = list(reference_report)
@@ -268,7 +268,7 @@ def mean_report(per_class: Mapping[str, Mapping[str, float]]) -> dict[str, float
         if set(report) != set(keys):
             raise ValueError(
                 f"class {class_name!r} reports keys {sorted(report)} but class "
-                f"{reference_class!r} reports {sorted(keys)}; build all reports with the "
+                f"{reference_class!r} reports {sorted(keys)}. Build all reports with the "
                 "same limits"
             )
 
@@ -296,7 +296,10 @@ def format_table(
     rows.append(("mean", _format_row_values("mean", mean, keys)))
 
     name_width = max(len("class"), *(len(name) for name, _ in rows))
-    value_widths = [max(len(key), *(len(values[i]) for _, values in rows)) for i, key in enumerate(keys)]
+    value_widths = [
+        max(len(key), *(len(values[column]) for _, values in rows))
+        for column, key in enumerate(keys)
+    ]
 
     def join_cells(first: str, cells: Sequence[str]) -> str:
         padded = [cell.rjust(width) for cell, width in zip(cells, value_widths)]
@@ -311,11 +314,13 @@ def format_table(
     return "\n".join(lines)
 
 
-def _format_row_values(row_name: str, report: Mapping[str, float], keys: Sequence[str]) -> list[str]:
+def _format_row_values(
+    row_name: str, report: Mapping[str, float], keys: Sequence[str]
+) -> list[str]:
     missing = [key for key in keys if key not in report]
     if missing:
         raise ValueError(
-            f"row {row_name!r} has no value for {missing}; it has {sorted(report)}. "
+            f"row {row_name!r} has no value for {missing}. It has {sorted(report)}. "
             "Pass keys that every report contains"
         )
     return [f"{float(report[key]):.3f}" for key in keys]
@@ -326,25 +331,27 @@ def _check_image_scores(scores: np.ndarray, labels: np.ndarray) -> None:
     if scores.ndim != 1 or labels.ndim != 1:
         raise ValueError(
             f"image scores and labels must be 1-D, got shapes {scores.shape} and "
-            f"{labels.shape}; pass one score and one label per image"
+            f"{labels.shape}. Pass one score and one label per image"
         )
     if scores.size == 0:
-        raise ValueError("no image scores given; pass at least one normal and one anomalous image")
+        raise ValueError("no image scores given. Pass at least one normal and one anomalous image")
     if scores.size != labels.size:
         raise ValueError(
-            f"got {scores.size} image scores but {labels.size} labels; pass one label per score"
+            f"got {scores.size} image scores but {labels.size} labels. Pass one label per score"
         )
     if scores.dtype.kind not in _REAL_KINDS:
-        raise ValueError(f"image scores have dtype {scores.dtype}; pass real numbers")
+        raise ValueError(f"image scores have dtype {scores.dtype}. Pass real numbers")
     if labels.dtype.kind not in _REAL_KINDS:
-        raise ValueError(f"image labels have dtype {labels.dtype}; pass 0 (normal) or 1 (anomalous)")
+        raise ValueError(
+            f"image labels have dtype {labels.dtype}. Pass 0 (normal) or 1 (anomalous)"
+        )
 
     if scores.dtype.kind == "f":
         non_finite = np.flatnonzero(~np.isfinite(scores))
         if non_finite.size:
             index = int(non_finite[0])
             raise ValueError(
-                f"image score {index} is {scores[index]}; scores must be finite, "
+                f"image score {index} is {scores[index]}. Scores must be finite, "
                 "so fix the scoring that produced it"
             )
 
@@ -352,7 +359,7 @@ def _check_image_scores(scores: np.ndarray, labels: np.ndarray) -> None:
     if invalid.size:
         index = int(invalid[0])
         raise ValueError(
-            f"image label {index} is {labels[index]}; labels must be 0 (normal) or 1 (anomalous)"
+            f"image label {index} is {labels[index]}. Labels must be 0 (normal) or 1 (anomalous)"
         )
 
 
@@ -363,22 +370,22 @@ def _as_image_list(images: Any, name: str) -> list[np.ndarray]:
         if stacked.ndim != 3:
             raise ValueError(
                 f"{name} must be an N×H×W array or a sequence of 2-D arrays, got an array "
-                f"of shape {stacked.shape}; wrap a single map or mask in a list"
+                f"of shape {stacked.shape}. Wrap a single map or mask in a list"
             )
         return list(stacked)
     return [np.asarray(image) for image in images]
 
 
 def _validate_images(anomaly_maps: Any, gt_masks: Any) -> _ImageSet:
-    """Check every map against its mask and count the pixels, without copying data."""
+    """Check every map against its mask and count the pixels of the whole set."""
     maps = _as_image_list(anomaly_maps, "anomaly_maps")
     masks = _as_image_list(gt_masks, "gt_masks")
     if not maps:
-        raise ValueError("no anomaly maps given; pass at least one map with its ground-truth mask")
+        raise ValueError("no anomaly maps given. Pass at least one map with its ground-truth mask")
     if len(maps) != len(masks):
         raise ValueError(
-            f"got {len(maps)} anomaly maps but {len(masks)} ground-truth masks; "
-            "pass one mask per map"
+            f"got {len(maps)} anomaly maps but {len(masks)} ground-truth masks. "
+            "Pass one mask per map"
         )
 
     n_pixels = 0
@@ -389,7 +396,9 @@ def _validate_images(anomaly_maps: Any, gt_masks: Any) -> _ImageSet:
         n_defect_pixels += int(np.count_nonzero(mask))
 
     if n_pixels == 0:
-        raise ValueError("all anomaly maps are empty (zero pixels); pass maps with at least one pixel")
+        raise ValueError(
+            "all anomaly maps are empty (zero pixels). Pass maps with at least one pixel"
+        )
 
     score_dtype = np.result_type(*{anomaly_map.dtype for anomaly_map in maps})
     return _ImageSet(maps, masks, score_dtype, n_pixels, n_defect_pixels)
@@ -398,53 +407,64 @@ def _validate_images(anomaly_maps: Any, gt_masks: Any) -> _ImageSet:
 def _check_map_and_mask(index: int, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
     if anomaly_map.ndim != 2:
         raise ValueError(
-            f"anomaly map {index} has shape {anomaly_map.shape}; each map must be 2-D (H×W)"
+            f"anomaly map {index} has shape {anomaly_map.shape}. Each map must be 2-D (H×W)"
         )
     if mask.shape != anomaly_map.shape:
         raise ValueError(
             f"anomaly map {index} has shape {anomaly_map.shape} but its ground-truth mask "
-            f"has shape {mask.shape}; resize the map to its mask's size before evaluation"
+            f"has shape {mask.shape}. Resize the map to its mask's size before evaluation"
         )
     if anomaly_map.dtype.kind not in _REAL_KINDS:
-        raise ValueError(f"anomaly map {index} has dtype {anomaly_map.dtype}; scores must be real numbers")
+        raise ValueError(
+            f"anomaly map {index} has dtype {anomaly_map.dtype}. Scores must be real numbers"
+        )
     if mask.dtype.kind not in _REAL_KINDS:
         raise ValueError(
-            f"ground-truth mask {index} has dtype {mask.dtype}; pass bool or integer masks "
+            f"ground-truth mask {index} has dtype {mask.dtype}. Pass bool or integer masks "
             "with non-zero values on defect pixels"
         )
 
     if anomaly_map.dtype.kind == "f" and not np.isfinite(anomaly_map).all():
         raise ValueError(
-            f"anomaly map {index} contains NaN or infinite scores; scores must be finite, "
+            f"anomaly map {index} contains NaN or infinite scores. Scores must be finite, "
             "so fix the scoring that produced this map"
         )
     if mask.dtype.kind == "f" and not np.isfinite(mask).all():
-        raise ValueError(f"ground-truth mask {index} contains NaN or infinite values; pass 0 / non-zero masks")
+        raise ValueError(
+            f"ground-truth mask {index} contains NaN or infinite values. "
+            "Pass masks that are 0 on normal pixels and non-zero on defect pixels"
+        )
 
 
 def _require_defects_and_background(images: _ImageSet) -> None:
     if images.n_defect_pixels == 0:
         raise ValueError(
-            f"AUPRO is undefined: none of the {len(images.masks)} ground-truth masks contains "
-            "a defect region; evaluate on a set with at least one anomalous image and its mask"
+            f"AUPRO is undefined because none of the {len(images.masks)} ground-truth "
+            "masks contains a defect region. Evaluate on a set with at least one "
+            "anomalous image and its mask"
         )
     if images.n_defect_pixels == images.n_pixels:
         raise ValueError(
-            f"AUPRO is undefined: all {images.n_pixels} pixels are defect pixels, so the "
-            "false-positive rate has no defect-free pixels to count; include normal pixels"
+            f"AUPRO is undefined because all {images.n_pixels} pixels are defect pixels, so the "
+            "false-positive rate has no defect-free pixels to count. Include normal pixels"
         )
 
 
 def _validate_limits(limits: Iterable[float]) -> tuple[float, ...]:
     if isinstance(limits, (int, float)):
-        raise TypeError(f"limits must be a sequence of FPR limits, got the number {limits!r}; wrap it in a tuple")
+        raise TypeError(
+            f"limits must be a sequence of FPR limits, got the number {limits!r}. "
+            "Wrap it in a tuple"
+        )
 
     values = tuple(float(limit) for limit in limits)
     if not values:
-        raise ValueError("no FPR limits given; pass at least one limit in (0, 1]")
+        raise ValueError("no FPR limits given. Pass at least one limit in (0, 1]")
     for limit in values:
         if not 0.0 < limit <= 1.0:
-            raise ValueError(f"FPR limit {limit!r} is outside (0, 1]; pass limits such as 0.3 or 0.05")
+            raise ValueError(
+                f"FPR limit {limit!r} is outside (0, 1]. Pass limits such as 0.3 or 0.05"
+            )
     return values
 
 
@@ -474,7 +494,8 @@ def _collect_pools(images: _ImageSet, label_regions: bool) -> _PixelPools:
         if label_regions and n_image_positive:
             labeled, n_image_regions = ndimage.label(is_defect, structure=_REGION_STRUCTURE)
             # Global 0-based region id: this image's label 1 maps to id n_regions.
-            region_ids[positive_at : positive_at + n_image_positive] = labeled[is_defect] + (n_regions - 1)
+            image_region_ids = labeled[is_defect] + (n_regions - 1)
+            region_ids[positive_at : positive_at + n_image_positive] = image_region_ids
             region_sizes.append(np.bincount(labeled.ravel(), minlength=n_image_regions + 1)[1:])
             n_regions += n_image_regions
 
@@ -486,7 +507,8 @@ def _collect_pools(images: _ImageSet, label_regions: bool) -> _PixelPools:
         positives.sort()
         return _PixelPools(negatives, positives, None, 0)
 
-    pro_suffix = _sort_with_pro_weights(positives, region_ids, np.concatenate(region_sizes), n_regions)
+    all_region_sizes = np.concatenate(region_sizes)
+    pro_suffix = _sort_with_pro_weights(positives, region_ids, all_region_sizes, n_regions)
     return _PixelPools(negatives, positives, pro_suffix, n_regions)
 
 

@@ -394,7 +394,11 @@ class MqttTransport(Transport):
             clean_session=not persistent,
             protocol=paho.MQTTv311,
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        # paho 2.2 logs a routine "Client is not connected" at ERROR after every lost
+        # connection, so its own log is attached only when someone debugs it.
+        paho_logger = logging.getLogger(f"{__name__}.paho")
+        if paho_logger.isEnabledFor(logging.DEBUG):
+            client.enable_logger(paho_logger)
         client.max_queued_messages_set(self.settings.max_queued_messages)
 
         if self.settings.username is not None:

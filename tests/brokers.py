@@ -1,8 +1,8 @@
 """A Mosquitto broker on loopback for integration tests, started and stopped by the tests.
 
 The broker listens on 127.0.0.1 only, accepts anonymous clients, keeps nothing on
-disk (so a restart loses sessions and retained messages) and accepts packets of up
-to 32 MiB, enough for 16 MiB payloads.
+disk unless asked to (so a restart loses sessions and retained messages) and accepts
+packets of up to 32 MiB, enough for 16 MiB payloads.
 """
 
 from __future__ import annotations
@@ -38,14 +38,19 @@ def find_mosquitto() -> Path:
 
 
 class MosquittoBroker:
-    """One mosquitto process with its own config and log in `workdir`, bound to 127.0.0.1:`port`."""
+    """One mosquitto process with its own config and log in `workdir`, bound to 127.0.0.1:`port`.
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    With `persistence`, mosquitto saves sessions, queued messages and retained messages
+    in `workdir` on shutdown and loads them on start, so they survive `restart()`.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, *, persistence: bool = False) -> None:
         self.binary = find_mosquitto()
         self.workdir = workdir
         self.port = port if port is not None else free_port()
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
+        self.persistence = persistence
         self._process: subprocess.Popen[bytes] | None = None
         self._write_config()
 
@@ -86,7 +91,7 @@ class MosquittoBroker:
             process.stderr.close()
 
     def restart(self) -> None:
-        """Stop and start on the same port; sessions, subscriptions and retained messages are lost."""
+        """Stop and start on the same port; without persistence, sessions and retained messages are lost."""
         self.stop()
         self.start()
 
@@ -102,7 +107,8 @@ class MosquittoBroker:
                 [
                     f"listener {self.port} {LOOPBACK_HOST}",
                     "allow_anonymous true",
-                    "persistence false",
+                    f"persistence {'true' if self.persistence else 'false'}",
+                    f"persistence_location {self.workdir}/",
                     f"max_packet_size {MOSQUITTO_MAX_PACKET_BYTES}",
                     # Mosquitto started as root drops to the 'mosquitto' user, which could
                     # not write the log in the test's temporary folder.

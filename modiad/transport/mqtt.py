@@ -239,14 +239,13 @@ class MqttTransport(Transport):
         if self._client is not None:
             raise TransportError(f"transport {self.client_id!r} is already started")
 
-        client = self._build_client()
         deadline = time.monotonic() + self.settings.connect_timeout_s
         self._stopping = False
         self._connack.clear()
         self._connack_failure = None
         self._backoff.reset()
 
-        self._open_socket(client, deadline)
+        client = self._open_socket(deadline)
         self._client = client
         client.loop_start()
 
@@ -435,14 +434,18 @@ class MqttTransport(Transport):
             given = {name: str(path) for name, path in files.items() if path is not None}
             raise ConfigError(f"TLS set-up for {self.address} failed with files {given}: {error}") from error
 
-    def _open_socket(self, client: paho.Client, deadline: float) -> None:
-        """Open the TCP (and TLS) connection, retrying refused or unreachable brokers until `deadline`."""
+    def _open_socket(self, deadline: float) -> paho.Client:
+        """Return a client whose TCP (and TLS) connection is open, retrying refused or unreachable brokers until `deadline`.
+
+        Every attempt gets a new client, because paho cannot shorten the socket timeout
+        of a client that has tried to connect.
+        """
         while True:
-            remaining = deadline - time.monotonic()
-            client.connect_timeout = max(0.1, remaining)
+            client = self._build_client()
+            client.connect_timeout = max(0.1, deadline - time.monotonic())
             try:
                 client.connect(self.host, self.port, keepalive=self.settings.keepalive_s)
-                return
+                return client
             except ssl.SSLError as error:
                 raise TransportError(
                     f"TLS handshake with the broker at {self.address} failed: {error}; check tls_ca_file and the "

@@ -1,6 +1,6 @@
 """An embedded MQTT broker (amqtt) for the zero-setup demo, listening on loopback only.
 
-Production and the integration tests use Mosquitto; this broker exists so that
+Production and the integration tests use Mosquitto. This broker exists so that
 `modiad demo` runs without installing one. Run it as
 
     python -m modiad.broker --port 18830
@@ -44,7 +44,7 @@ _STOP_CHECK_INTERVAL_S = 0.2
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 
-    Another process may take it before the caller binds it; callers that start a
+    Another process may take it before the caller binds it, so callers that start a
     server on it should wait for it with `wait_for_port`.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -53,15 +53,15 @@ def free_port() -> int:
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> None:
-    """Block until a TCP connection to host:port succeeds; raise TransportError after `timeout_s` seconds."""
+    """Block until a TCP connection to host:port succeeds, or raise TransportError after `timeout_s` seconds."""
     deadline = time.monotonic() + timeout_s
     last_error: OSError | None = None
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TransportError(
-                f"nothing accepted connections on {host}:{port} within {timeout_s} s (last error: {last_error}); "
-                "check that the broker started and its log"
+                f"nothing accepted connections on {host}:{port} within {timeout_s} s (last error: {last_error}). "
+                "Check that the broker started, and read its log"
             )
         try:
             with socket.create_connection((host, port), timeout=min(remaining, 1.0)):
@@ -74,7 +74,7 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
 def broker_config(port: int) -> dict[str, Any]:
     """Return the amqtt 0.12 broker configuration: one TCP listener on 127.0.0.1:`port`, anonymous access.
 
-    Only the anonymous-auth plugin is loaded; amqtt's default packet and event
+    Only the anonymous-auth plugin is loaded. amqtt's default packet and event
     logger plugins and its $SYS publisher are left out.
     """
     if not isinstance(port, int) or not 1 <= port <= 65535:
@@ -88,8 +88,8 @@ def broker_config(port: int) -> dict[str, Any]:
 def run_embedded_broker(port: int, stop_event: threading.Event | None = None) -> None:
     """Run the amqtt broker on 127.0.0.1:`port` until SIGTERM/SIGINT or until `stop_event` is set.
 
-    Blocks. Signal handlers are installed only when called from the main thread;
-    from another thread, pass `stop_event` to stop it.
+    Blocks. Signal handlers are installed only when called from the main thread, so
+    a caller on another thread passes `stop_event` to stop it.
     """
     config = broker_config(port)
     asyncio.run(_serve(config, port, stop_event))
@@ -104,7 +104,7 @@ async def _serve(config: dict[str, Any], port: int, stop_event: threading.Event 
     broker = Broker(config)
     try:
         await broker.start()
-    except Exception as error:  # amqtt raises BrokerError or OSError (port in use) from start()
+    except Exception as error:  # amqtt 0.12 wraps every start-up failure (e.g. port in use) in BrokerError
         raise TransportError(f"embedded broker failed to start on {LOOPBACK_HOST}:{port}: {error}") from error
     logger.info("listening on %s:%d", LOOPBACK_HOST, port)
 
@@ -137,7 +137,7 @@ def _drop_port_probe_errors(record: logging.LogRecord) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m modiad.broker`; returns the process exit status."""
+    """Run `python -m modiad.broker` with `argv` and return the process exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m modiad.broker",
         description="Run an embedded MQTT broker on 127.0.0.1 for the MODIAD demo (no authentication).",
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # amqtt logs every client connection at INFO; keep the demo's output readable.
+    # amqtt logs every client connection at INFO, which drowns the demo's own output.
     if args.log_level != "DEBUG":
         logging.getLogger("amqtt").setLevel(logging.WARNING)
         logging.getLogger("transitions").setLevel(logging.WARNING)

@@ -18,21 +18,21 @@ from modiad.broker import LOOPBACK_HOST, free_port, wait_for_port
 __all__ = ["MOSQUITTO_MAX_PACKET_BYTES", "MosquittoBroker", "find_mosquitto"]
 
 MOSQUITTO_MAX_PACKET_BYTES = 32 * 1024 * 1024
-"""Largest MQTT packet the test broker accepts: a 16 MiB payload plus headroom."""
+"""Maximum MQTT packet size the test broker accepts: a 16 MiB payload plus headroom."""
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 
 
 def find_mosquitto() -> Path:
-    """Return the mosquitto binary; raise RuntimeError saying how to install it if it is missing."""
+    """Return the mosquitto binary, or raise RuntimeError saying how to install it if it is missing."""
     found = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
     )
     if found is None:
         raise RuntimeError(
-            "mosquitto not found on PATH or at /usr/sbin/mosquitto; the MQTT integration tests need it: "
-            "install it with `apt-get install mosquitto`"
+            "mosquitto not found on PATH or at /usr/sbin/mosquitto. The MQTT integration tests need it, "
+            "so install it with `apt-get install mosquitto`"
         )
     return Path(found)
 
@@ -60,7 +60,7 @@ class MosquittoBroker:
         return f"mqtt://{LOOPBACK_HOST}:{self.port}"
 
     def start(self) -> None:
-        """Start mosquitto and wait until it accepts TCP connections; raise RuntimeError with its log if it does not."""
+        """Start mosquitto and wait until it accepts TCP connections, or raise RuntimeError with its log."""
         if self._process is not None:
             raise RuntimeError(f"mosquitto on port {self.port} is already running")
 
@@ -76,7 +76,7 @@ class MosquittoBroker:
             raise RuntimeError(f"mosquitto failed to start on port {self.port}:\n{self.log_tail()}") from error
 
     def stop(self) -> None:
-        """Stop mosquitto with SIGTERM (SIGKILL if it hangs); connected clients see their connection drop."""
+        """Stop mosquitto with SIGTERM (SIGKILL if it hangs), which drops every client connection."""
         process = self._process
         if process is None:
             return
@@ -91,7 +91,7 @@ class MosquittoBroker:
             process.stderr.close()
 
     def restart(self) -> None:
-        """Stop and start on the same port; without persistence, sessions and retained messages are lost."""
+        """Stop and start on the same port. Without persistence, sessions and retained messages are lost."""
         self.stop()
         self.start()
 

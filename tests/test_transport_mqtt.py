@@ -24,7 +24,7 @@ from modiad.transport.mqtt import MqttSettings, MqttTransport, ReconnectBackoff,
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 10.0
-"""Longest a test waits for a message that should arrive; only reached when a test fails."""
+"""Maximum wait for a message that should arrive, in seconds. Only a failing test waits this long."""
 
 
 class Recorder:
@@ -38,7 +38,7 @@ class Recorder:
 
 
 def poll_until(transport: MqttTransport, condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    """Poll `transport` until `condition()` holds or `timeout_s` passes; return the final condition."""
+    """Poll `transport` until `condition()` is true or `timeout_s` passes, and return the final condition."""
     deadline = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < deadline:
         transport.poll(0.05)
@@ -58,10 +58,10 @@ def unique_id(prefix: str) -> str:
 
 @pytest.fixture
 def transports() -> Iterator[list[MqttTransport]]:
-    """Collects transports made by a test and stops them all at its end."""
-    made: list[MqttTransport] = []
-    yield made
-    for transport in made:
+    """Collects the transports a test creates and stops them all at its end."""
+    created: list[MqttTransport] = []
+    yield created
+    for transport in created:
         transport.stop()
 
 
@@ -129,7 +129,7 @@ def test_settings_reject_bad_url() -> None:
     ("fields", "message"),
     [
         ({"password": "secret"}, "username is not"),
-        ({"tls_ca_file": "/etc/ssl/ca.pem"}, "use mqtts://"),
+        ({"tls_ca_file": "/etc/ssl/ca.pem"}, "Use mqtts://"),
         ({"url": "mqtts://h", "tls_key_file": "/k.pem"}, "tls_cert_file is not"),
         ({"reconnect_min_delay_s": 5.0, "reconnect_max_delay_s": 1.0}, "reconnect_max_delay_s"),
         ({"unknown_field": 1}, "Extra inputs"),
@@ -203,7 +203,7 @@ def test_retained_delivered_to_late_subscriber(connect: Callable[..., MqttTransp
     topic = f"{topic_root}/rounds/current"
     publisher.publish(topic, b"round 1", retain=True)
     publisher.publish(topic, b"round 2", retain=True)
-    publisher.stop()  # waits for both PUBACKs, so the broker holds round 2 now
+    publisher.stop()  # waits for both PUBACKs, so the broker has stored round 2 by now
 
     subscriber = connect("subscriber")
     recorder = Recorder()
@@ -317,7 +317,8 @@ def test_reconnect_and_resubscribe_after_restart(
 
     with caplog.at_level(logging.INFO, logger="modiad.transport.mqtt"):
         mosquitto.restart()
-        assert wait_until(lambda: subscriber.connected and publisher.connected)
+        assert wait_until(lambda: subscriber.connected)
+        assert wait_until(lambda: publisher.connected)
 
         # The restarted broker forgot every subscription (no persistence), so a message
         # arrives only if the subscriber subscribed again. Publish until one arrives,
@@ -387,7 +388,8 @@ def test_publish_while_broker_down_queues_then_delivers(tmp_path: Path, topic_ro
         subscriber.subscribe(topic, recorder)
 
         broker.stop()
-        assert wait_until(lambda: not publisher.connected and not subscriber.connected)
+        assert wait_until(lambda: not publisher.connected)
+        assert wait_until(lambda: not subscriber.connected)
         for index in range(3):
             publisher.publish(topic, f"queued {index}".encode())
         with pytest.raises(TransportError, match="queue is full"):

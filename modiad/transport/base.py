@@ -5,10 +5,10 @@ transport hands inbound messages to their handlers on the caller's thread, insid
 `Transport.poll`. A handler that raises is logged with its topic and counted in
 `handler_errors`; it never stops the transport.
 
-Topic names and filters follow MQTT 3.1.1: levels separated by "/", "+" matches one
-whole level, "#" matches the rest of the topic (including its parent level) and must
-be the last level, and a filter that starts with a wildcard does not match topics that
-start with "$".
+Topic names and filters follow MQTT 3.1.1. Levels are separated by "/". "+" matches
+one whole level. "#" matches the rest of the topic, including its parent level, and
+must be the last level. A filter that starts with a wildcard does not match topics
+that start with "$".
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ Will = tuple[str, bytes, bool]
 """Last-will message: (topic, payload, retain), published by the broker on an abrupt disconnect."""
 
 MAX_TOPIC_BYTES = 65535
-"""Longest topic name or filter, in UTF-8 bytes (the MQTT string length limit)."""
+"""Maximum length of a topic name or filter, in UTF-8 bytes (the MQTT string length limit)."""
 
 
 def validate_topic_name(topic: str) -> None:
@@ -125,15 +125,15 @@ class Transport(ABC):
 
     @abstractmethod
     def start(self) -> None:
-        """Connect to the broker; raise TransportError if that fails."""
+        """Connect to the broker, or raise TransportError if that fails."""
 
     @abstractmethod
     def stop(self) -> None:
-        """Disconnect cleanly, so the broker does not publish the will; a second call does nothing."""
+        """Disconnect cleanly, so the broker does not publish the will. A second call does nothing."""
 
     @abstractmethod
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish `payload` on `topic` with QoS 1; with `retain`, the broker keeps it for later subscribers."""
+        """Publish `payload` on `topic` with QoS 1. With `retain`, the broker keeps it for later subscribers."""
 
     @abstractmethod
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
@@ -151,7 +151,7 @@ class Transport(ABC):
     # -- shared helpers for implementations ----------------------------------------
 
     def _add_handler(self, topic_filter: str, handler: Handler) -> bool:
-        """Record a handler; return True if `topic_filter` is new to this transport."""
+        """Record a handler, and return True if `topic_filter` is new to this transport."""
         validate_topic_filter(topic_filter)
         if not callable(handler):
             raise TransportError(f"handler for {topic_filter!r} is not callable: got {type(handler).__name__}")
@@ -167,7 +167,7 @@ class Transport(ABC):
             return list(self._handlers)
 
     def _dispatch(self, topic: str, payload: bytes) -> bool:
-        """Call every handler whose filter matches `topic`; return whether there was one.
+        """Call every handler whose filter matches `topic`, and return whether there was one.
 
         Handlers run in subscription order. One message reaches each matching handler
         once, even when several of its filters match the topic.
@@ -183,7 +183,7 @@ class Transport(ABC):
 
         if not handlers:
             self.unhandled += 1
-            logger.debug("client %s: no handler for message on %s (%d bytes); dropped", self.client_id, topic, len(payload))
+            logger.debug("client %s: no handler for message on %s (%d bytes), dropped", self.client_id, topic, len(payload))
             return False
 
         for handler in handlers:
@@ -192,7 +192,7 @@ class Transport(ABC):
             except Exception:
                 self.handler_errors += 1
                 logger.exception(
-                    "client %s: handler %s failed on message from %s (%d bytes); continuing",
+                    "client %s: handler %s failed on message from %s (%d bytes), continuing",
                     self.client_id,
                     getattr(handler, "__qualname__", repr(handler)),
                     topic,

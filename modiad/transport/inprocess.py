@@ -52,11 +52,11 @@ class InProcessBus:
         self._condition = threading.Condition()
 
     def connect(self, client_id: str, will: Will | None) -> None:
-        """Open a session for `client_id`; raise TransportError if that id is already connected."""
+        """Open a session for `client_id`, or raise TransportError if that id is already connected."""
         with self._condition:
             if client_id in self._sessions:
                 raise TransportError(
-                    f"client id {client_id!r} is already connected to this in-process bus; give every transport its own id"
+                    f"client id {client_id!r} is already connected to this in-process bus. Give every transport its own id"
                 )
             self._sessions[client_id] = _Session(will=will)
         logger.debug("in-process bus: client %s connected", client_id)
@@ -70,7 +70,7 @@ class InProcessBus:
             if publish_will and session.will is not None:
                 topic, payload, retain = session.will
                 self._route(topic, payload, retain=retain)
-                logger.info("in-process bus: client %s disconnected abruptly; published its will on %s", client_id, topic)
+                logger.info("in-process bus: client %s disconnected abruptly, published its will on %s", client_id, topic)
             else:
                 logger.debug("in-process bus: client %s disconnected", client_id)
 
@@ -126,7 +126,7 @@ class InProcessBus:
     def _session(self, client_id: str) -> _Session:
         session = self._sessions.get(client_id)
         if session is None:
-            raise TransportError(f"client {client_id!r} is not connected to this in-process bus; call start() first")
+            raise TransportError(f"client {client_id!r} is not connected to this in-process bus. Call start() first")
         return session
 
     def _route(self, topic: str, payload: bytes, *, retain: bool) -> None:
@@ -170,7 +170,7 @@ class InProcessTransport(Transport):
             self._bus.subscribe(self.client_id, topic_filter)
 
     def stop(self) -> None:
-        """Close the session without publishing the will; queued inbound messages are dropped."""
+        """Close the session without publishing the will, and drop the queued inbound messages."""
         if not self._connected:
             return
         self._bus.disconnect(self.client_id, publish_will=False)
@@ -184,7 +184,7 @@ class InProcessTransport(Transport):
         self._connected = False
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Route `payload` to every matching subscriber now; raise TransportError if not started."""
+        """Route `payload` to every matching subscriber now, or raise TransportError if not started."""
         validate_topic_name(topic)
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise TransportError(f"invalid payload for {topic!r}: expected bytes, got {type(payload).__name__}")
@@ -192,14 +192,17 @@ class InProcessTransport(Transport):
         self._bus.publish(self.client_id, topic, bytes(payload), retain=retain)
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
-        """Register `handler`; once started, the bus queues the retained messages the filter matches."""
+        """Register `handler`. For a new filter on a started transport, the bus queues the retained messages it matches.
+
+        A second handler on a known filter gets no retained messages, as with `MqttTransport`.
+        """
         validate_topic_filter(topic_filter)
-        self._add_handler(topic_filter, handler)
-        if self._connected:
+        is_new = self._add_handler(topic_filter, handler)
+        if is_new and self._connected:
             self._bus.subscribe(self.client_id, topic_filter)
 
     def poll(self, timeout_s: float) -> int:
-        """Deliver this client's queued messages in FIFO order; see `Transport.poll`."""
+        """Deliver this client's queued messages in FIFO order (see `Transport.poll`)."""
         if timeout_s < 0:
             raise TransportError(f"invalid poll timeout {timeout_s!r} s: expected a value >= 0")
         self._require_connected("poll")
@@ -212,4 +215,4 @@ class InProcessTransport(Transport):
 
     def _require_connected(self, action: str) -> None:
         if not self._connected:
-            raise TransportError(f"cannot {action}: transport {self.client_id!r} is not started; call start() first")
+            raise TransportError(f"cannot {action}: transport {self.client_id!r} is not started. Call start() first")

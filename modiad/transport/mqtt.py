@@ -1,15 +1,15 @@
 """The MQTT transport: paho-mqtt 2.x (callback API version 2, MQTT 3.1.1) against a real broker.
 
-paho's network thread receives messages and puts them on a queue; `poll` drains the
-queue on the caller's thread, so handlers never run on paho's thread. Every publish
-and subscription uses QoS 1. With a persistent session (the default) the broker
-keeps this client's subscriptions and queues QoS 1 messages while it is offline, and
-delivers them after it reconnects with the same client id.
+paho's network thread puts inbound messages on a queue, and `poll` drains that queue
+on the caller's thread, so handlers never run on paho's thread. Every publish and
+subscription uses QoS 1. With a persistent session (the default), the broker keeps
+this client's subscriptions and queues QoS 1 messages while the client is offline.
+It delivers them when the client reconnects with the same client id.
 
-After a lost connection paho reconnects on its own thread; this module picks each
+After a lost connection, paho reconnects on its own thread. This module picks each
 wait (see `ReconnectBackoff`), logs before each retry, and resubscribes every filter
-once connected. The broker resends retained messages on every subscription, so
-handlers see retained messages again after each reconnect.
+once connected. Brokers resend retained messages on every subscription, so handlers
+see retained messages again after each reconnect.
 """
 
 from __future__ import annotations
@@ -50,36 +50,36 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     """Split a broker URL into (host, port, tls).
 
     Accepted forms: "mqtt://host[:port]" (plain TCP, default port 1883) and
-    "mqtts://host[:port]" (TLS, default port 8883); IPv6 hosts go in brackets, as in
+    "mqtts://host[:port]" (TLS, default port 8883). IPv6 hosts go in brackets, as in
     "mqtt://[::1]:1883". Credentials belong in `MqttSettings.username`/`password`,
-    never in the URL, so that logged URLs carry no secrets.
+    never in the URL, so that logged URLs contain no secrets.
 
     Raises ConfigError for any other form.
     """
     hint = 'expected "mqtt://host:port" or "mqtts://host:port"'
     if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"invalid broker URL {url!r}: {hint}")
+        raise ConfigError(f"invalid broker URL {url!r}, {hint}")
 
     try:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError as error:
-        raise ConfigError(f"invalid broker URL {url!r}: {error}; {hint}") from error
+        raise ConfigError(f"invalid broker URL {url!r}: {error}. {hint}") from error
 
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
-        raise ConfigError(f"invalid broker URL {url!r}: unsupported scheme {parts.scheme!r}; {hint}")
+        raise ConfigError(f"invalid broker URL {url!r}: unsupported scheme {parts.scheme!r}, {hint}")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(
-            f"invalid broker URL for host {parts.hostname!r}: credentials in the URL are not accepted; "
-            "set username and password in the mqtt settings instead"
+            f"invalid broker URL for host {parts.hostname!r}: credentials in the URL are not accepted. "
+            "Set username and password in the mqtt settings instead"
         )
     if not parts.hostname:
-        raise ConfigError(f"invalid broker URL {url!r}: missing host; {hint}")
+        raise ConfigError(f"invalid broker URL {url!r}: missing host, {hint}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"invalid broker URL {url!r}: unexpected path, query or fragment; {hint}")
+        raise ConfigError(f"invalid broker URL {url!r}: unexpected path, query or fragment, {hint}")
     if port == 0:
-        raise ConfigError(f"invalid broker URL {url!r}: port 0 is not a broker port; {hint}")
+        raise ConfigError(f"invalid broker URL {url!r}: port 0 is not a broker port, {hint}")
 
     return parts.hostname, port if port is not None else _DEFAULT_PORTS[scheme], scheme == "mqtts"
 
@@ -93,24 +93,24 @@ class MqttSettings(BaseModel):
         "mqtt://127.0.0.1:1883",
         description='Broker URL: "mqtt://host:port" (plain TCP, default port 1883) or "mqtts://host:port" (TLS, 8883).',
     )
-    username: str | None = Field(None, description="User name for broker authentication; None connects anonymously.")
-    password: SecretStr | None = Field(None, description="Password for `username`; never logged. Needs a username.")
+    username: str | None = Field(None, description="User name for broker authentication, or None to connect anonymously.")
+    password: SecretStr | None = Field(None, description="Password for `username` (needs a username). It is never logged.")
     tls_ca_file: Path | None = Field(
-        None, description="PEM file of the CA certificates that verify the broker (mqtts only); None uses the system CAs."
+        None, description="PEM file of the CA certificates that verify the broker (mqtts only), or None for the system CAs."
     )
     tls_cert_file: Path | None = Field(None, description="PEM client certificate for mutual TLS (mqtts only).")
     tls_key_file: Path | None = Field(
-        None, description="PEM private key of `tls_cert_file`; None if the certificate file contains the key."
+        None, description="PEM private key of `tls_cert_file`, or None if the certificate file contains the key."
     )
     keepalive_s: int = Field(
-        30, ge=5, le=65535, description="Keepalive interval in seconds; the broker drops the client after 1.5 times this silence."
+        30, ge=5, le=65535, description="Keepalive interval in seconds. The broker drops a client that stays silent for 1.5 times this."
     )
     connect_timeout_s: float = Field(
         10.0,
         gt=0,
         le=600,
-        description="Seconds `start()` keeps trying to connect before it raises; also the wait for SUBACKs and for "
-        "outstanding publishes on `stop()`.",
+        description="Seconds `start()` keeps trying to connect before it raises. Also the maximum wait for a SUBACK "
+        "and for outstanding publishes on `stop()`.",
     )
     reconnect_min_delay_s: float = Field(1.0, gt=0, le=3600, description="Shortest wait before a reconnection attempt, in seconds.")
     reconnect_max_delay_s: float = Field(
@@ -120,19 +120,20 @@ class MqttSettings(BaseModel):
         16 * 1024 * 1024,
         ge=1,
         le=268_435_000,
-        description="Largest payload sent or accepted, in bytes (default 16 MiB); larger inbound ones are dropped "
-        "with a warning and larger outbound ones raise.",
+        description="Maximum payload sent or accepted, in bytes (default 16 MiB). Larger inbound payloads are "
+        "dropped with a warning, and larger outbound ones raise TransportError.",
     )
     max_queued_messages: int = Field(
         1000,
         ge=0,
-        description="Outgoing QoS 1 messages paho holds while unacknowledged or disconnected; a publish beyond it "
-        "raises. Bounds memory during a broker outage; 0 means unlimited.",
+        description="Maximum outgoing QoS 1 messages that paho keeps while they are unacknowledged or the "
+        "connection is down, so memory stays bounded during a broker outage. A publish beyond it raises "
+        "TransportError. 0 means unlimited.",
     )
     persistent_session: bool = Field(
         True,
         description="Keep the broker-side session (subscriptions and QoS 1 messages queued while offline) across "
-        "disconnects; needs a stable client id. False starts a clean session on every connect.",
+        "disconnects, which needs a stable client id. False starts a clean session on every connect.",
     )
 
     @field_validator("url")
@@ -147,19 +148,19 @@ class MqttSettings(BaseModel):
     @model_validator(mode="after")
     def _check_consistency(self) -> MqttSettings:
         if self.password is not None and self.username is None:
-            raise ValueError("mqtt password is set but username is not; set both or neither")
+            raise ValueError("mqtt password is set but username is not. Set both or neither")
         if self.reconnect_max_delay_s < self.reconnect_min_delay_s:
             raise ValueError(
                 f"reconnect_max_delay_s ({self.reconnect_max_delay_s}) is below reconnect_min_delay_s "
-                f"({self.reconnect_min_delay_s}); raise the maximum or lower the minimum"
+                f"({self.reconnect_min_delay_s}). Raise the maximum or lower the minimum"
             )
 
         _host, _port, tls = parse_broker_url(self.url)
         tls_files = [name for name in ("tls_ca_file", "tls_cert_file", "tls_key_file") if getattr(self, name) is not None]
         if tls_files and not tls:
-            raise ValueError(f"{', '.join(tls_files)} set but url {self.url!r} is plain mqtt://; use mqtts:// for TLS")
+            raise ValueError(f"{', '.join(tls_files)} set but url {self.url!r} is plain mqtt://. Use mqtts:// for TLS")
         if self.tls_key_file is not None and self.tls_cert_file is None:
-            raise ValueError("tls_key_file is set but tls_cert_file is not; set the client certificate too")
+            raise ValueError("tls_key_file is set but tls_cert_file is not. Set the client certificate too")
         return self
 
 
@@ -193,6 +194,10 @@ class MqttTransport(Transport):
 
     Counters for monitoring: `handler_errors` and `unhandled` (see `Transport`),
     `rejected_oversize` (inbound payloads above `max_payload_bytes`, dropped).
+
+    NOTE: for a topic that matches two subscribed filters, Mosquitto 2.0.11 sends one
+    copy but amqtt 0.12.1 sends one per filter, so handlers see the message twice
+    there. Avoid overlapping filters, or drop duplicates by message id.
     """
 
     def __init__(self, settings: MqttSettings, client_id: str, will: Will | None = None) -> None:
@@ -224,7 +229,7 @@ class MqttTransport(Transport):
 
     @property
     def connected(self) -> bool:
-        """Whether the client currently holds an accepted connection to the broker."""
+        """Whether the broker has accepted the client's current connection."""
         return self._connected
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -253,13 +258,13 @@ class MqttTransport(Transport):
             self._abandon_client()
             raise TransportError(
                 f"timed out after {self.settings.connect_timeout_s} s waiting for the broker at {self.address} to accept "
-                f"client {self.client_id!r}; check that {self.address} is an MQTT broker"
+                f"client {self.client_id!r}. Check that {self.address} is an MQTT broker"
             )
         if self._connack_failure is not None:
             failure = self._connack_failure
             self._abandon_client()
             raise TransportError(
-                f"broker at {self.address} rejected client {self.client_id!r}: {failure}; check username, password "
+                f"broker at {self.address} rejected client {self.client_id!r}: {failure}. Check username, password "
                 "and the broker's access rules"
             )
 
@@ -277,7 +282,7 @@ class MqttTransport(Transport):
             outstanding = self._wait_for_publishes(time.monotonic() + self.settings.connect_timeout_s)
             if outstanding:
                 logger.warning(
-                    "client %s: stopping with %d publishes not acknowledged by %s; they are lost",
+                    "client %s: stopping with %d publishes not acknowledged by %s, so they are lost",
                     self.client_id,
                     outstanding,
                     self.address,
@@ -305,8 +310,8 @@ class MqttTransport(Transport):
             raise TransportError(f"invalid payload for {topic!r}: expected bytes, got {type(payload).__name__}")
         if len(payload) > self.settings.max_payload_bytes:
             raise TransportError(
-                f"payload of {len(payload)} bytes for {topic!r} exceeds max_payload_bytes={self.settings.max_payload_bytes}; "
-                "send less or raise the limit on every client and the broker"
+                f"payload of {len(payload)} bytes for {topic!r} exceeds max_payload_bytes={self.settings.max_payload_bytes}. "
+                "Send less, or raise the limit on every client and the broker"
             )
         client = self._require_client("publish")
 
@@ -317,8 +322,8 @@ class MqttTransport(Transport):
 
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             raise TransportError(
-                f"outgoing queue is full ({self.settings.max_queued_messages} messages) publishing on {topic!r}; "
-                f"the broker at {self.address} is probably unreachable"
+                f"outgoing queue is full ({self.settings.max_queued_messages} messages) publishing on {topic!r}, "
+                f"probably because the broker at {self.address} is unreachable"
             )
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish on {topic!r} to {self.address} failed: {paho.error_string(info.rc)}")
@@ -355,8 +360,8 @@ class MqttTransport(Transport):
             )
         if any(code.is_failure for code in reason_codes):
             raise TransportError(
-                f"broker at {self.address} rejected the subscription to {topic_filter!r} ({reason_codes[0]}); "
-                "check the broker's access rules for this client"
+                f"broker at {self.address} rejected the subscription to {topic_filter!r} ({reason_codes[0]}). "
+                "Check the broker's access rules for this client"
             )
 
     def poll(self, timeout_s: float) -> int:
@@ -448,7 +453,7 @@ class MqttTransport(Transport):
                 return client
             except ssl.SSLError as error:
                 raise TransportError(
-                    f"TLS handshake with the broker at {self.address} failed: {error}; check tls_ca_file and the "
+                    f"TLS handshake with the broker at {self.address} failed: {error}. Check tls_ca_file and the "
                     "broker's certificate"
                 ) from error
             except OSError as error:
@@ -456,7 +461,7 @@ class MqttTransport(Transport):
                 if time.monotonic() + delay_s >= deadline:
                     raise TransportError(
                         f"could not connect to the broker at {self.address} within {self.settings.connect_timeout_s} s: "
-                        f"{error}; check that the broker runs and the url is right"
+                        f"{error}. Check that the broker runs and that the url is right"
                     ) from error
                 logger.info(
                     "client %s: connecting to %s failed (%s); retrying in %.1f s",
@@ -479,7 +484,7 @@ class MqttTransport(Transport):
     def _require_client(self, action: str) -> paho.Client:
         client = self._client
         if client is None:
-            raise TransportError(f"cannot {action}: transport {self.client_id!r} is not started; call start() first")
+            raise TransportError(f"cannot {action}: transport {self.client_id!r} is not started. Call start() first")
         return client
 
     # -- acknowledgements ------------------------------------------------------------------
@@ -510,7 +515,7 @@ class MqttTransport(Transport):
                 self._acks.wait(min(remaining, 0.1))
             return self._subacks.pop(mid, None)
 
-    # -- paho callbacks (paho's network thread; they must not raise) -----------------------
+    # -- paho callbacks: they run on paho's network thread and must not raise --------------
 
     def _on_pre_connect(self, client: paho.Client, userdata: Any) -> None:
         self._retry_armed = False
@@ -518,7 +523,7 @@ class MqttTransport(Transport):
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self._connack_failure = str(reason_code)
-            logger.warning("client %s: broker at %s refused the connection: %s", self.client_id, self.address, reason_code)
+            logger.warning("client %s: broker at %s rejected the connection: %s", self.client_id, self.address, reason_code)
             self._connack.set()
             return
 
@@ -563,7 +568,7 @@ class MqttTransport(Transport):
         self._arm_retry(client)
 
     def _arm_retry(self, client: paho.Client) -> None:
-        """Set paho's next reconnection wait from our backoff; once per attempt, because paho may report a failure twice."""
+        """Set paho's next reconnection wait from the backoff, once per attempt, because paho may report one failure twice."""
         if self._retry_armed or self._stopping:
             return
         self._retry_armed = True

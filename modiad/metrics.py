@@ -596,8 +596,7 @@ def _integrate_pro_curve(pools: _PixelPools, limits: tuple[float, ...]) -> dict[
         # The element at block position j is the (n_scanned_before + j + 1)-th highest.
         thresholds = block[run_ends]
         fpr = (run_ends + (n_scanned_before + 1)) / n_negative
-        pro_at = pools.pro_suffix[np.searchsorted(pools.positives, thresholds, side="left")]
-        pro_above = pools.pro_suffix[np.searchsorted(pools.positives, thresholds, side="right")]
+        pro_above, pro_at = _pro_around(pools, thresholds)
         fpr_start = np.empty_like(fpr)
         fpr_start[0] = fpr_before
         fpr_start[1:] = fpr[:-1]
@@ -607,6 +606,33 @@ def _integrate_pro_curve(pools: _PixelPools, limits: tuple[float, ...]) -> dict[
 
     # Rounding in the weight sums can leave a result a few ulp outside [0, 1].
     return {limit: float(min(1.0, max(0.0, areas[limit] / limit))) for limit in limits}
+
+
+def _pro_around(pools: _PixelPools, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the PRO of defect pixels scoring > t and >= t, for descending thresholds t.
+
+    The search runs in the slice of defect scores within the thresholds' range, which
+    stays in cache, with the thresholds ascending because NumPy's binary search reuses
+    its previous bound for ascending keys. The second search runs only for thresholds
+    that a defect pixel ties, since elsewhere both counts are equal.
+    """
+    assert pools.pro_suffix is not None
+    ascending = thresholds[::-1]
+    first = int(np.searchsorted(pools.positives, ascending[0], side="left"))
+    stop = int(np.searchsorted(pools.positives, ascending[-1], side="right"))
+    positives = pools.positives[first:stop]
+
+    above_start = np.searchsorted(positives, ascending, side="right")
+    at_start = above_start.copy()
+    if positives.size:
+        previous = positives[np.maximum(above_start - 1, 0)]
+        is_tied = (above_start > 0) & (previous == ascending)
+        if is_tied.any():
+            at_start[is_tied] = np.searchsorted(positives, ascending[is_tied], side="left")
+    above_start += first
+    at_start += first
+
+    return pools.pro_suffix[above_start][::-1], pools.pro_suffix[at_start][::-1]
 
 
 def _add_segment_areas(
@@ -621,15 +647,20 @@ def _add_segment_areas(
     Segment i runs from (fpr_start[i], pro_start[i]) to (fpr_end[i], pro_end[i]), with
     ``fpr_end`` strictly increasing and ``fpr_start[i+1] == fpr_end[i]``.
     """
-    widths = fpr_end - fpr_start
-    heights = pro_start + pro_end
+    # Twice the area under the first k segments, for every k. One cumulative sum serves
+    # every limit, and it avoids a BLAS dot product, whose threads cost more than the
+    # arithmetic at this size.
+    doubled_areas = fpr_end - fpr_start
+    doubled_areas *= pro_start + pro_end
+    np.cumsum(doubled_areas, out=doubled_areas)
 
     for limit in areas:
         if fpr_start[0] >= limit:
             continue
 
         n_inside = int(np.searchsorted(fpr_end, limit, side="right"))
-        areas[limit] += 0.5 * float(np.dot(widths[:n_inside], heights[:n_inside]))
+        if n_inside:
+            areas[limit] += 0.5 * float(doubled_areas[n_inside - 1])
 
         # The segment that crosses the limit counts up to the limit, where its PRO is
         # interpolated linearly.

@@ -1,0 +1,81 @@
+"""Time the class-update schedulers on a factory-scale round.
+
+Instance: K edges each holding `classes_per_edge` distinct classes drawn from C
+classes, N_{k,c} uniform in [1, 200], Γ_k^cop per edge and Γ^com for the round.
+Two update histories are timed: the first round (every B_c = 0) and a later round
+(B_c uniform in [0, 100]). Each policy runs `--repeats` times per history after one
+warm-up call; the script prints mean and median wall time per call in ms.
+
+Run from the repository root: PYTHONPATH=. python benchmarks/bench_scheduling.py [--edges 1000 --classes 1000 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from cloud.scheduling import SCHEDULERS
+
+
+def make_round(
+    edges: int, classes: int, classes_per_edge: int, capacity: int, later_round: bool, seed: int
+) -> tuple[dict[str, dict[str, int]], dict[str, int], dict[str, int]]:
+    """Return (counts, cumulative_updates, edge_capacity) of one synthetic round."""
+    rng = np.random.default_rng(seed)
+    class_names = [f"class{c:04d}" for c in range(classes)]
+    counts: dict[str, dict[str, int]] = {}
+    for k in range(edges):
+        held = rng.choice(classes, size=classes_per_edge, replace=False)
+        samples = rng.integers(1, 201, size=classes_per_edge)
+        counts[f"edge{k:04d}"] = {class_names[c]: int(n) for c, n in zip(held, samples, strict=True)}
+    past = rng.integers(0, 101, size=classes) if later_round else np.zeros(classes, dtype=np.int64)
+    cumulative_updates = {name: int(b) for name, b in zip(class_names, past, strict=True)}
+    edge_capacity = {edge_id: capacity for edge_id in counts}
+    return counts, cumulative_updates, edge_capacity
+
+
+def time_policy(name: str, inputs: tuple, budget: int, repeats: int) -> list[float]:
+    """Return the wall time of each of `repeats` calls, in ms, after one warm-up call."""
+    policy = SCHEDULERS[name]
+    counts, cumulative_updates, edge_capacity = inputs
+    policy(counts, cumulative_updates, edge_capacity, budget, seed=0)
+    times_ms = []
+    for repeat in range(repeats):
+        start = time.perf_counter()
+        policy(counts, cumulative_updates, edge_capacity, budget, seed=repeat)
+        times_ms.append((time.perf_counter() - start) * 1000.0)
+    return times_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edges", type=int, default=1000, help="K, number of edges")
+    parser.add_argument("--classes", type=int, default=1000, help="C, number of classes in the bank")
+    parser.add_argument("--classes-per-edge", type=int, default=20, help="classes each edge holds samples of")
+    parser.add_argument("--capacity", type=int, default=3, help="Γ_k^cop, class updates per edge per round")
+    parser.add_argument("--budget", type=int, default=2000, help="Γ^com, class updates per round in total")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per policy and history")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic round")
+    args = parser.parse_args()
+
+    print(
+        f"K={args.edges} C={args.classes} classes/edge={args.classes_per_edge} "
+        f"capacity={args.capacity} budget={args.budget} repeats={args.repeats}"
+    )
+    for history, later_round in (("first round", False), ("later round", True)):
+        inputs = make_round(args.edges, args.classes, args.classes_per_edge, args.capacity, later_round, args.seed)
+        selected = len(SCHEDULERS["smg"](*inputs, args.budget))
+        print(f"{history}: smg selects {selected} pairs")
+        for name in SCHEDULERS:
+            times_ms = time_policy(name, inputs, args.budget, args.repeats)
+            print(
+                f"  {name:3s} mean {statistics.fmean(times_ms):7.1f} ms  "
+                f"median {statistics.median(times_ms):7.1f} ms  min {min(times_ms):7.1f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -42,15 +42,19 @@ class MosquittoBroker:
 
     With `persistence`, mosquitto saves sessions, queued messages and retained messages
     in `workdir` on shutdown and loads them on start, so they survive `restart()`.
+    Without `allow_anonymous`, it rejects every client, because no password file is set.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, *, persistence: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, persistence: bool = False, allow_anonymous: bool = True
+    ) -> None:
         self.binary = find_mosquitto()
         self.workdir = workdir
         self.port = port if port is not None else free_port()
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self.persistence = persistence
+        self.allow_anonymous = allow_anonymous
         self._process: subprocess.Popen[bytes] | None = None
         self._write_config()
 
@@ -106,7 +110,7 @@ class MosquittoBroker:
             "\n".join(
                 [
                     f"listener {self.port} {LOOPBACK_HOST}",
-                    "allow_anonymous true",
+                    f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
                     f"persistence {'true' if self.persistence else 'false'}",
                     f"persistence_location {self.workdir}/",
                     f"max_packet_size {MOSQUITTO_MAX_PACKET_BYTES}",

@@ -185,6 +185,21 @@ def test_retained_delivered_to_filter_registered_before_start(bus: InProcessBus)
     assert recorder.messages == [("root/online", b"online")]
 
 
+def test_known_filter_gets_no_retained_again(bus: InProcessBus) -> None:
+    started(bus, "publisher").publish("root/online", b"online", retain=True)
+    subscriber = started(bus, "subscriber")
+    first = Recorder()
+    second = Recorder()
+
+    subscriber.subscribe("root/online", first)
+    subscriber.subscribe("root/online", second)
+
+    assert subscriber.poll(0) == 1
+    assert first.messages == [("root/online", b"online")]
+    assert second.messages == [("root/online", b"online")]
+    assert subscriber.poll(0) == 0
+
+
 def test_empty_retained_payload_clears(bus: InProcessBus) -> None:
     publisher = started(bus, "publisher")
     publisher.publish("root/online", b"online", retain=True)

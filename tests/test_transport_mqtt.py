@@ -468,6 +468,23 @@ def test_connection_refused_within_timeout() -> None:
     assert not transport.connected
 
 
+@pytest.mark.mqtt
+def test_rejected_client_raises(tmp_path: Path) -> None:
+    broker = MosquittoBroker(tmp_path, allow_anonymous=False)
+    broker.start()
+    transport = MqttTransport(MqttSettings(url=broker.url, connect_timeout_s=5.0), unique_id("anonymous"))
+    try:
+        with pytest.raises(TransportError, match="rejected client") as raised:
+            transport.start()
+    finally:
+        transport.stop()
+        broker.stop()
+
+    assert f"127.0.0.1:{broker.port}" in str(raised.value)
+    assert "authorized" in str(raised.value).lower()
+    assert not transport.connected
+
+
 def test_use_before_start_rejected() -> None:
     transport = MqttTransport(MqttSettings(), unique_id("idle"))
 

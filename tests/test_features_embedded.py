@@ -410,7 +410,7 @@ def test_settings_defaults() -> None:
 
     assert settings.grid_size == 56
     assert settings.stages == (8, 16, 32)
-    assert settings.point_stride == 1
+    assert settings.point_stride == 2
     assert settings.dim_2d == 40 + 112 + 320
 
 
@@ -436,7 +436,7 @@ def test_settings_fingerprint_tracks_fields() -> None:
     base = EmbeddedFeatureSettings()
 
     assert base.fingerprint() == EmbeddedFeatureSettings().fingerprint()
-    assert base.fingerprint() != EmbeddedFeatureSettings(point_stride=2).fingerprint()
+    assert base.fingerprint() != EmbeddedFeatureSettings(point_stride=1).fingerprint()
     assert base.fingerprint() != EmbeddedFeatureSettings(stages=(16, 32)).fingerprint()
 
 

@@ -106,13 +106,17 @@ class EmbeddedFeatureSettings(BaseModel):
         default=0.01, gt=0, description="Search radius in metres for FPFH. Default 0.01."
     )
     fpfh_max_nn: int = Field(default=100, ge=1, description="Maximum neighbours for FPFH. Default 100.")
+    # NOTE: full resolution (1) gives the densest descriptors, which may matter for
+    # small defects. Its FPFH alone takes about 0.5 s per 224×224 sample on one core
+    # (benchmarks/bench_features.py), so the default is 2. The effect of the stride on
+    # detection quality has not been measured on a real dataset.
     point_stride: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=64,
         description=(
             "FPFH is computed on every n-th row and column of the cloud and copied to the other "
-            "foreground pixels from the nearest computed point; 1 = full resolution. Default 1."
+            "foreground pixels from the nearest computed point. 1 = full resolution. Default 2."
         ),
     )
 

@@ -17,7 +17,7 @@ from modiad.transport.inprocess import InProcessBus, InProcessTransport
 
 # -- topic matching -------------------------------------------------------------------
 
-# (filter, topic, expected) from the examples of the MQTT 3.1.1 specification, section 4.7.
+# (filter, topic, expected): cases of the MQTT 3.1.1 wildcard rules, including "$" topics.
 SPEC_EXAMPLES = [
     ("sport/tennis/player1/#", "sport/tennis/player1", True),
     ("sport/tennis/player1/#", "sport/tennis/player1/ranking", True),
@@ -173,7 +173,7 @@ def test_retained_delivered_on_subscribe(bus: InProcessBus) -> None:
     assert recorder.messages == [("root/rounds/current", b"round 2")]
 
 
-def test_retained_delivered_to_filter_registered_before_start(bus: InProcessBus) -> None:
+def test_retained_for_filter_before_start(bus: InProcessBus) -> None:
     started(bus, "publisher").publish("root/online", b"online", retain=True)
 
     subscriber = InProcessTransport(bus, "subscriber")
@@ -185,7 +185,7 @@ def test_retained_delivered_to_filter_registered_before_start(bus: InProcessBus)
     assert recorder.messages == [("root/online", b"online")]
 
 
-def test_known_filter_gets_no_retained_again(bus: InProcessBus) -> None:
+def test_known_filter_no_retained_replay(bus: InProcessBus) -> None:
     started(bus, "publisher").publish("root/online", b"online", retain=True)
     subscriber = started(bus, "subscriber")
     first = Recorder()
@@ -289,7 +289,7 @@ def test_unmatched_message_counted(bus: InProcessBus) -> None:
     assert subscriber.unhandled == 1
 
 
-def test_messages_published_by_handlers_wait_for_next_poll(bus: InProcessBus) -> None:
+def test_handler_publishes_wait_next_poll(bus: InProcessBus) -> None:
     client = started(bus, "client")
     seen: list[bytes] = []
 
@@ -307,7 +307,7 @@ def test_messages_published_by_handlers_wait_for_next_poll(bus: InProcessBus) ->
     assert seen == [b"a", b"a!"]
 
 
-def test_poll_waits_for_message_from_other_thread(bus: InProcessBus) -> None:
+def test_poll_waits_for_other_thread(bus: InProcessBus) -> None:
     publisher = started(bus, "publisher")
     subscriber = started(bus, "subscriber")
     recorder = Recorder()

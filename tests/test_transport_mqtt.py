@@ -303,7 +303,7 @@ def test_no_will_on_clean_stop(connect: Callable[..., MqttTransport], topic_root
 
 
 @pytest.mark.mqtt
-def test_reconnect_and_resubscribe_after_restart(
+def test_resubscribe_after_broker_restart(
     mosquitto: MosquittoBroker,
     connect: Callable[..., MqttTransport],
     topic_root: str,
@@ -338,7 +338,7 @@ def test_reconnect_and_resubscribe_after_restart(
 
 
 @pytest.mark.mqtt
-def test_message_sent_while_offline_arrives_after_reconnect(
+def test_offline_message_arrives_after_reconnect(
     mqtt_settings: MqttSettings,
     connect: Callable[..., MqttTransport],
     transports: list[MqttTransport],
@@ -368,7 +368,7 @@ def test_message_sent_while_offline_arrives_after_reconnect(
 
 
 @pytest.mark.mqtt
-def test_publish_while_broker_down_queues_then_delivers(tmp_path: Path, topic_root: str) -> None:
+def test_publish_queued_while_broker_down(tmp_path: Path, topic_root: str) -> None:
     broker = MosquittoBroker(tmp_path, persistence=True)
     broker.start()
     settings = MqttSettings(

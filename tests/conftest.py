@@ -9,9 +9,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from brokers import MosquittoBroker, find_mosquitto
 
 from modiad.transport.mqtt import MqttSettings
-from brokers import MosquittoBroker, find_mosquitto
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -141,13 +142,17 @@ def test_fifo_order_across_publishers(bus: InProcessBus) -> None:
     assert recorder.messages == expected
 
 
+def record(log: list[tuple[str, str, bytes]], client_id: str, topic: str, payload: bytes) -> None:
+    log.append((client_id, topic, payload))
+
+
 def test_delivery_is_deterministic() -> None:
     def run() -> list[tuple[str, str, bytes]]:
         bus = InProcessBus()
         log: list[tuple[str, str, bytes]] = []
         clients = [started(bus, f"client-{index}") for index in range(3)]
         for client in clients:
-            client.subscribe("root/#", lambda topic, payload, name=client.client_id: log.append((name, topic, payload)))
+            client.subscribe("root/#", functools.partial(record, log, client.client_id))
         for index in range(20):
             clients[index % 3].publish(f"root/{index % 4}", bytes([index]))
         for client in reversed(clients):

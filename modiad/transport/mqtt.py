@@ -347,7 +347,7 @@ class MqttTransport(Transport):
         result, mid = client.subscribe(topic_filter, qos=MQTT_QOS)
         if result == MQTTErrorCode.MQTT_ERR_NO_CONN:
             return  # on_connect subscribes it after the reconnection
-        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise TransportError(f"subscribe to {topic_filter!r} at {self.address} failed: {paho.error_string(result)}")
 
         reason_codes = self._wait_for_suback(mid, time.monotonic() + self.settings.connect_timeout_s)
@@ -539,8 +539,9 @@ class MqttTransport(Transport):
         topic_filters = self._topic_filters()
         if topic_filters:
             result, mid = client.subscribe([(topic_filter, MQTT_QOS) for topic_filter in topic_filters])
-            # Its SUBACK is handled on this thread after this callback returns, so registering now is in time.
-            self._resubscribe_mids[mid] = topic_filters
+            if mid is not None:
+                # Its SUBACK is handled on this thread after this callback returns, so registering now is in time.
+                self._resubscribe_mids[mid] = topic_filters
             if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 logger.warning(
                     "client %s: resubscribing %d filters at %s failed: %s",
@@ -604,7 +605,7 @@ class MqttTransport(Transport):
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[Any], properties: Any) -> None:
         resubscribed = self._resubscribe_mids.pop(mid, None)
         if resubscribed is not None:
-            for topic_filter, code in zip(resubscribed, reason_codes):
+            for topic_filter, code in zip(resubscribed, reason_codes, strict=False):
                 if code.is_failure:
                     logger.warning(
                         "client %s: broker at %s rejected the resubscription to %s: %s",

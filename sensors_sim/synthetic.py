@@ -102,8 +102,10 @@ _DEPTH_NOISE_SIGMA_M = 0.0002
 _RGB_NOISE_SIGMA_LEVELS = 1.0
 _FOOTPRINT_MIN_HEIGHT_M = 0.0003
 """Pixels at least this high above the plate belong to the object."""
-_DEPTH_JUMP_M = 0.0015
-"""A pixel whose depth differs by more than this from a 4-neighbour is on a depth edge."""
+_EDGE_SLOPE = 2.5
+"""A pixel whose depth differs from a 4-neighbour by more than this many pixel widths is
+on a depth edge (a surface steeper than about 68 degrees). Relative to the pixel width,
+so the same surfaces lose points at every image size."""
 _EDGE_DROPOUT_PROBABILITY = 0.4
 _SHADOW_DROPOUT_PROBABILITY = 0.95
 _RANDOM_DROPOUT_PROBABILITY = 0.0005
@@ -475,14 +477,14 @@ def _shading(scene: _Scene, height_m: np.ndarray) -> np.ndarray:
 def _missing_points(scene: _Scene, noise: _SensorNoise) -> np.ndarray:
     """Return the bool S×S mask of points the sensor loses, from the undamaged surface.
 
-    A point is lost with some probability on a depth jump to a 4-neighbour, with high
+    A point is lost with some probability on a steep depth jump to a 4-neighbour, with high
     probability where the object shades the projector's rays, and rarely anywhere.
     """
     depth = scene.plate_depth_m - scene.height_m
     padded = np.pad(depth, 1, mode="edge")
     neighbours = (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:])
     jump = np.max([np.abs(depth - neighbour) for neighbour in neighbours], axis=0)
-    on_edge = jump > _DEPTH_JUMP_M
+    on_edge = jump > _EDGE_SLOPE * scene.pixel_size_m
 
     in_shadow = _projector_shadow(scene.height_m, scene.pixel_size_m)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from cloud.coordinator import Coordinator
 from cloud.service import build_coordinator
 from edge.node import EdgeNode, offline_will
@@ -31,7 +33,25 @@ def run_inprocess(
     *,
     results_dir: Path | None = None,
 ) -> Coordinator:
-    """Run every round in this process and return the finished coordinator (bank, metrics)."""
+    """Run every round in this process and return the finished coordinator (bank, metrics).
+
+    torch uses `cloud_settings.torch_threads` threads during the run, as each service
+    process does, so the bank matches a multi-process run with the same seed bit for bit.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cloud_settings.torch_threads)
+    try:
+        return _run_fleet(cloud_settings, edge_settings, sensor_settings, results_dir)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_fleet(
+    cloud_settings: CloudSettings,
+    edge_settings: list[EdgeSettings],
+    sensor_settings: SensorSettings,
+    results_dir: Path | None,
+) -> Coordinator:
     bus = InProcessBus()
     topics = Topics(cloud_settings.topic_root)
 

@@ -74,7 +74,7 @@ class TrainingSettings(BaseModel):
 
     iterations: int = Field(100, ge=1, le=100_000, description="τ: Adam iterations per class update.")
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate.")
-    batch_pixels: int = Field(4096, ge=1, le=1_000_000, description="Foreground pixels per minibatch.")
+    batch_pixels: int = Field(1024, ge=1, le=1_000_000, description="Foreground pixels per minibatch.")
 
 
 class SchedulingSettings(BaseModel):

@@ -2,7 +2,7 @@
 
 `exact_best` enumerates every feasible selection of a small instance and keeps the one
 with the largest F(S), the objective that SMG maximises greedily (see
-`cloud.scheduling.objective`). A selection is feasible when it holds only candidate
+`cloud.scheduling.objective`). A selection is feasible when it contains only candidate
 pairs, at most Γ_k^cop pairs per edge and at most Γ^com pairs in total.
 """
 
@@ -45,8 +45,8 @@ def count_feasible_sets(problem: SchedulingProblem, comm_budget: int) -> int:
     """
     by_size = [1]
     for k, capacity in enumerate(problem.capacity.tolist()):
-        held = int(np.count_nonzero(problem.pair_edge == k))
-        edge_sizes = [math.comb(held, j) for j in range(min(held, capacity) + 1)]
+        edge_pairs = int(np.count_nonzero(problem.pair_edge == k))
+        edge_sizes = [math.comb(edge_pairs, j) for j in range(min(edge_pairs, capacity) + 1)]
         product = [0] * min(len(by_size) + len(edge_sizes) - 1, comm_budget + 1)
         for i, ways in enumerate(by_size):
             for j, edge_ways in enumerate(edge_sizes):
@@ -145,9 +145,11 @@ def _feasible_selections(problem: SchedulingProblem, budget: int):
     edge_bounds = np.searchsorted(problem.pair_edge, np.arange(len(problem.edges) + 1)).tolist()
     choices_per_edge = []
     for k, capacity in enumerate(problem.capacity.tolist()):
-        held = range(edge_bounds[k], edge_bounds[k + 1])
+        edge_pairs = range(edge_bounds[k], edge_bounds[k + 1])
         choices = [
-            subset for size in range(min(len(held), capacity) + 1) for subset in itertools.combinations(held, size)
+            subset
+            for size in range(min(len(edge_pairs), capacity) + 1)
+            for subset in itertools.combinations(edge_pairs, size)
         ]
         choices_per_edge.append(choices)
 

@@ -12,7 +12,7 @@ through `SCHEDULERS`:
 - ``comm_budget`` is Γ^com, the updates the cloud accepts per round over all edges.
 
 A pair (k, c) is a candidate when N_{k,c} > 0 and Γ_k^cop > 0, so an edge never
-trains a class it holds no samples of. The class bank is the union of the classes in
+trains a class it has no samples of. The class bank is the union of the classes in
 ``cumulative_updates`` and in ``counts``.
 
 The priority of a pair combines two terms:
@@ -72,6 +72,14 @@ below it counts as no gain. Rounding in how a gain is computed (about 1e-15) the
 cannot change which pair SMG picks or when it stops.
 """
 
+_PYTHON_MAX_GROUPS = 24
+"""SMG scores up to this many class groups with plain Python floats, and more with numpy.
+
+Below a few dozen elements, numpy's fixed cost per call (about 1 µs) exceeds the
+arithmetic. The value comes from timing both on a 2-core x86_64 VM, so it is an
+estimate, and both paths give the same selection.
+"""
+
 _EMPTY_GROUP_UPDATES = 1e300
 """Update count given to an unused group slot, so its class-balance terms are about 0 and stay finite."""
 
@@ -128,7 +136,7 @@ class SchedulingProblem:
         """Validate the scheduler inputs and index them.
 
         Without `edge_capacity`, every edge counts as able to train all the classes it
-        holds. Raises ValueError naming the value when a count, update count or
+        has samples of. Raises ValueError naming the value when a count, update count or
         capacity is negative or an edge of `counts` has no capacity, and TypeError
         when one of them is not an integer.
         """
@@ -150,15 +158,15 @@ class SchedulingProblem:
         base_updates = np.zeros(len(classes), dtype=np.int64)
         base_updates[[class_index[name] for name in base_names]] = base_values
 
-        edge_of_entry: list[int] = []
+        entries_per_edge: list[int] = []
         class_of_entry: list[int] = []
         raw_counts: list[int] = []
-        for k, edge_id in enumerate(edges):
-            for name, count in counts[edge_id].items():
-                edge_of_entry.append(k)
-                class_of_entry.append(class_index[name])
-                raw_counts.append(count)
-        entry_edge = np.asarray(edge_of_entry, dtype=np.intp)
+        for edge_id in edges:
+            row = counts[edge_id]
+            entries_per_edge.append(len(row))
+            class_of_entry.extend(map(class_index.__getitem__, row))
+            raw_counts.extend(row.values())
+        entry_edge = np.repeat(np.arange(len(edges), dtype=np.intp), entries_per_edge)
         entry_class = np.asarray(class_of_entry, dtype=np.intp)
         entry_count = _as_non_negative_ints(
             raw_counts, lambda i: f"counts[{edges[entry_edge[i]]!r}][{classes[entry_class[i]]!r}]"
@@ -166,7 +174,7 @@ class SchedulingProblem:
 
         capacity = _capacity_of(edges, counts, edge_capacity)
         keep = (entry_count > 0) & (capacity[entry_edge] > 0)
-        order = np.lexsort((entry_class[keep], entry_edge[keep]))
+        order = _sort_order([entry_edge[keep], entry_class[keep]])
         pair_edge = entry_edge[keep][order]
         pair_class = entry_class[keep][order]
         pair_count = entry_count[keep][order]
@@ -223,7 +231,7 @@ class SchedulingProblem:
                 raise ValueError(f"selection lists the pair {pair!r} twice; list each (edge, class) pair once")
             if pair not in lookup:
                 raise ValueError(
-                    f"selection pair {pair!r} is not a candidate: the edge holds no samples of that class "
+                    f"selection pair {pair!r} is not a candidate: the edge has no samples of that class "
                     "or has no capacity"
                 )
             seen.add(pair)
@@ -318,7 +326,7 @@ def random_selection(
 ) -> list[Pair]:
     """Select pairs at random (RS baseline); α, β and ε are ignored.
 
-    Each edge reports min(Γ_k^cop, |its classes|) of the classes it holds samples of,
+    Each edge reports min(Γ_k^cop, |its classes|) of the classes it has samples of,
     drawn uniformly without replacement. The cloud then draws min(Γ^com, |reported|)
     of the reported pairs uniformly without replacement and returns them in draw
     order. `seed` goes to numpy.random.default_rng, so the same seed and inputs give
@@ -328,7 +336,8 @@ def random_selection(
     problem = SchedulingProblem.from_inputs(counts, cumulative_updates, edge_capacity)
     rng = np.random.default_rng(seed)
 
-    edge_draw = rng.random(problem.pair_count.size)
+    # A random permutation as the rank key makes each edge's report a uniform draw.
+    edge_draw = rng.permutation(problem.pair_count.size)
     reported = _report_per_edge(problem, [edge_draw])
     server_order = rng.permutation(reported.size)
     chosen = reported[server_order][:budget]
@@ -374,7 +383,7 @@ def balanced_only(
 ) -> list[Pair]:
     """Select the pairs of the least-updated classes (BO baseline); α, β, ε and `seed` are ignored.
 
-    Each edge reports its Γ_k^cop held classes with the smallest B_c, ties to the
+    Each edge reports the Γ_k^cop classes it has samples of with the smallest B_c, ties to the
     smaller class name. The cloud takes the Γ^com reported pairs with the smallest
     B_c, ties to the smaller edge id and then the smaller class name, in that order.
     B_c is the count before this round: pairs picked in this round do not raise it.
@@ -410,7 +419,7 @@ class _MarginalGainSearch:
     and F(S ∪ {p}) = α Σ R̄ + β Σ κV / Σ V depends on class c only through (u_c, κ_c).
     Classes with equal (u_c, κ_c) form a group. A group slot stores its key, its size
     and a heap of its classes' best pairs in tie-break order, so one step scores every
-    group with a few vectorised operations and reads each group's best pair in O(1).
+    group once and reads each group's best pair in O(1).
     """
 
     def __init__(self, problem: SchedulingProblem, alpha: float, beta: float, epsilon: float) -> None:
@@ -420,7 +429,7 @@ class _MarginalGainSearch:
 
         # Candidate pairs sorted by class, then most samples, then edge id: within a
         # class, the first pair on an edge with capacity left is the class's best pair.
-        order = np.lexsort((problem.pair_edge, -problem.pair_count, problem.pair_class))
+        order = _sort_order([problem.pair_class, -problem.pair_count, problem.pair_edge])
         self._position = order.tolist()
         self._edge = problem.pair_edge[order].tolist()
         self._count = problem.pair_count[order].tolist()
@@ -430,7 +439,7 @@ class _MarginalGainSearch:
         self._next = class_bounds[:-1].tolist()
         self._end = class_bounds[1:].tolist()
 
-        # Classes held per edge, as slices of the problem's edge-sorted pair arrays.
+        # Candidate classes per edge, as slices of the problem's edge-sorted pair arrays.
         self._classes_by_pair = problem.pair_class.tolist()
         self._edge_bounds = np.searchsorted(problem.pair_edge, np.arange(len(problem.edges) + 1)).tolist()
         self._capacity_left = problem.capacity.tolist()
@@ -458,30 +467,25 @@ class _MarginalGainSearch:
 
     def _init_groups(self, base_updates: np.ndarray) -> None:
         """Put every class in the group of (B_c, 0) and build each group's heap."""
-        class_count = base_updates.size
-        slots = class_count + 1
-        # Per slot: (u, u + 1) in a row, so the first n slots are one contiguous block,
-        # and the group's size and Σ κ over its classes in a column.
-        self._updates_pair = np.full((slots, 2), _EMPTY_GROUP_UPDATES)
-        self._group_totals = np.zeros((2, slots))
-        self._group_added = np.zeros(slots)
-        self._group_top = np.full(slots, -np.inf)
-        self._weights = np.empty((slots, 2))
-        self._difference = np.empty(slots)
-        self._denominator = np.empty(slots)
-        self._score = np.empty(slots)
-        self._view_length = -1
-
+        slots = base_updates.size + 1
         keys, slot_of_class, sizes = np.unique(base_updates, return_inverse=True, return_counts=True)
         used = keys.size
-        self._updates_pair[:used, 0] = keys
-        self._updates_pair[:used, 1] = keys + 1
-        self._group_totals[0, :used] = sizes
-        self._slot_of_class = slot_of_class.tolist()
-        self._slot_key: list[tuple[int, int] | None] = [(key, 0) for key in keys.tolist()] + [None] * (slots - used)
+        free_slots = slots - used
+
+        # Python lists are the group table. Once there are more groups than
+        # _PYTHON_MAX_GROUPS, numpy arrays mirror it for vectorised scoring.
+        self._slot_updates = [float(key) for key in keys.tolist()] + [_EMPTY_GROUP_UPDATES] * free_slots
+        self._slot_added = [0] * slots
+        self._slot_size = sizes.tolist() + [0] * free_slots
+        self._slot_added_total = [0] * slots
+        self._slot_top = [-math.inf] * slots
+        self._slot_key: list[tuple[int, int] | None] = [(key, 0) for key in keys.tolist()] + [None] * free_slots
         self._slot_of_key = {(key, 0): slot for slot, key in enumerate(keys.tolist())}
+        self._slot_of_class = slot_of_class.tolist()
         self._free_slots: list[int] = []
         self._slots_used = used
+        self._vectorised = False
+        self._view_length = -1
 
         self._slot_heap: list[list[tuple[int, int, int, int]]] = [[] for _ in range(slots)]
         for c, p in enumerate(self._head):
@@ -490,6 +494,22 @@ class _MarginalGainSearch:
         for slot in range(used):
             heapq.heapify(self._slot_heap[slot])
             self._refresh_top(slot)
+
+    def _start_vectorised(self) -> None:
+        """Copy the group table into numpy arrays and keep them in step from now on."""
+        updates = np.asarray(self._slot_updates)
+        # Per slot: (u, u + 1) in a row, so the first n slots are one contiguous block,
+        # and the group's size and Σ κ over its classes in a column.
+        self._updates_pair = np.stack([updates, updates + 1.0], axis=1)
+        self._group_totals = np.asarray([self._slot_size, self._slot_added_total], dtype=np.float64)
+        self._group_added = np.asarray(self._slot_added, dtype=np.float64)
+        self._group_top = np.asarray(self._slot_top)
+        slots = updates.size
+        self._weights = np.empty((slots, 2))
+        self._difference = np.empty(slots)
+        self._denominator = np.empty(slots)
+        self._score = np.empty(slots)
+        self._vectorised = True
 
     def _slot_for(self, key: tuple[int, int]) -> int:
         slot = self._slot_of_key.get(key)
@@ -503,26 +523,34 @@ class _MarginalGainSearch:
         updates, added = key
         self._slot_of_key[key] = slot
         self._slot_key[slot] = key
-        self._updates_pair[slot, 0] = updates
-        self._updates_pair[slot, 1] = updates + 1
-        self._group_added[slot] = added
+        self._slot_updates[slot] = float(updates)
+        self._slot_added[slot] = added
+        if self._vectorised:
+            self._updates_pair[slot, 0] = updates
+            self._updates_pair[slot, 1] = updates + 1
+            self._group_added[slot] = added
         return slot
 
     def _join_group(self, c: int) -> None:
         added = self._added[c]
         slot = self._slot_for((self._updates[c], added))
         self._slot_of_class[c] = slot
-        self._group_totals[0, slot] += 1
-        self._group_totals[1, slot] += added
+        self._slot_size[slot] += 1
+        self._slot_added_total[slot] += added
+        if self._vectorised:
+            self._group_totals[0, slot] = self._slot_size[slot]
+            self._group_totals[1, slot] = self._slot_added_total[slot]
         self._push_head(c, slot)
 
     def _leave_group(self, c: int) -> None:
         slot = self._slot_of_class[c]
         self._stamp[c] += 1
-        totals = self._group_totals
-        totals[0, slot] -= 1
-        totals[1, slot] -= self._added[c]
-        if totals[0, slot] > 0:
+        self._slot_size[slot] -= 1
+        self._slot_added_total[slot] -= self._added[c]
+        if self._vectorised:
+            self._group_totals[0, slot] = self._slot_size[slot]
+            self._group_totals[1, slot] = self._slot_added_total[slot]
+        if self._slot_size[slot] > 0:
             self._refresh_top(slot)
             return
 
@@ -532,10 +560,13 @@ class _MarginalGainSearch:
         del self._slot_of_key[key]
         self._slot_key[slot] = None
         self._slot_heap[slot].clear()
-        self._updates_pair[slot] = _EMPTY_GROUP_UPDATES
-        totals[:, slot] = 0.0
-        self._group_added[slot] = 0.0
-        self._group_top[slot] = -np.inf
+        self._slot_updates[slot] = _EMPTY_GROUP_UPDATES
+        self._slot_added[slot] = 0
+        self._slot_top[slot] = -math.inf
+        if self._vectorised:
+            self._updates_pair[slot] = _EMPTY_GROUP_UPDATES
+            self._group_added[slot] = 0.0
+            self._group_top[slot] = -np.inf
         self._free_slots.append(slot)
 
     def _push_head(self, c: int, slot: int) -> None:
@@ -550,15 +581,75 @@ class _MarginalGainSearch:
         stamp = self._stamp
         while heap and heap[0][3] != stamp[heap[0][2]]:
             heapq.heappop(heap)
-        self._group_top[slot] = self._weighted_sufficiency[self._head[heap[0][2]]] if heap else -np.inf
+        top = self._weighted_sufficiency[self._head[heap[0][2]]] if heap else -math.inf
+        self._slot_top[slot] = top
+        if self._vectorised:
+            self._group_top[slot] = top
 
     # Steps --------------------------------------------------------------------
 
     def _best_group(self) -> int:
-        """Score every group and return the slot to pick from, or -1 when SMG stops."""
+        """Score every group and return the slot to pick from, or -1 when SMG stops.
+
+        Also stores G(S ∪ {p}) of the returned group's pair as the next G(S). The score
+        of a group is α R̄ + β G(S ∪ {p}) for its best pair p, which is the marginal
+        gain plus β G(S), the same for every group.
+        """
         n = self._slots_used
+        if not self._vectorised and n > _PYTHON_MAX_GROUPS:
+            self._start_vectorised()
+        if self._vectorised:
+            best, best_score, runner_up = self._score_vectorised(n)
+        else:
+            best, best_score, runner_up = self._score_python(n)
+
+        if best_score == -math.inf or best_score - self._beta * self._balance <= self._tolerance:
+            return -1
+        if runner_up >= best_score - self._tolerance:
+            best = self._break_tie(n, best_score)
+        self._balance = self._last_new_balance(best)
+        return best
+
+    def _score_python(self, n: int) -> tuple[int, float, float]:
+        """Score the groups with math functions, which beats numpy's call overhead for a few groups."""
+        total = self._total_updates + 1.0
+        shift = self._epsilon * total
+        updates = self._slot_updates[:n]
+        weight_now = [math.log1p(total / (u + shift)) for u in updates]
+        weight_next = [math.log1p(total / (u + 1.0 + shift)) for u in updates]
+        balance_sum = math.fsum(map(operator.mul, self._slot_size[:n], weight_now))
+        weighted_sum = math.fsum(map(operator.mul, self._slot_added_total[:n], weight_now))
+
+        beta = self._beta
+        scores = self._python_scores = []
+        for top, added, now, next_ in zip(self._slot_top[:n], self._slot_added[:n], weight_now, weight_next):
+            difference = next_ - now
+            new_balance = (added * difference + next_ + weighted_sum) / (difference + balance_sum)
+            scores.append(new_balance * beta + top)
+        self._step_terms = (weight_now, weight_next, balance_sum, weighted_sum)
+
+        best = max(range(n), key=scores.__getitem__)
+        best_score = scores[best]
+        runner_up = max((score for slot, score in enumerate(scores) if slot != best), default=-math.inf)
+        return best, best_score, runner_up
+
+    def _score_vectorised(self, n: int) -> tuple[int, float, float]:
+        """Score the groups with numpy, the same formula as `_score_python`."""
         if n != self._view_length:
-            self._make_views(n)
+            self._view_length = n
+            weights = self._weights[:n]
+            self._views = (
+                self._updates_pair[:n],
+                weights,
+                weights[:, 0],
+                weights[:, 1],
+                self._group_totals[:, :n],
+                self._group_added[:n],
+                self._group_top[:n],
+                self._difference[:n],
+                self._denominator[:n],
+                self._score[:n],
+            )
         updates_pair, weights, weight_now, weight_next, totals, added, top, difference, denominator, score = (
             self._views
         )
@@ -570,8 +661,6 @@ class _MarginalGainSearch:
         np.log1p(weights, out=weights)
         balance_sum, weighted_sum = (totals @ weight_now).tolist()
 
-        # G(S ∪ {p}) = (Σ κw + κ_c (w(u_c+1) − w(u_c)) + w(u_c+1)) / (Σ w − w(u_c) + w(u_c+1)),
-        # and the score is α R̄ + β G(S ∪ {p}), the gain plus the same β G(S) for every group.
         np.subtract(weight_next, weight_now, out=difference)
         np.add(difference, balance_sum, out=denominator)
         np.multiply(added, difference, out=score)
@@ -580,40 +669,32 @@ class _MarginalGainSearch:
         score /= denominator
         score *= self._beta
         score += top
+        self._step_terms = (weight_now, weight_next, balance_sum, weighted_sum)
 
-        # The runner-up tells whether a tie-break is needed without a full comparison.
         best = int(score.argmax())
         best_score = float(score[best])
-        if best_score == -np.inf or best_score - self._beta * self._balance <= self._tolerance:
-            return -1
         score[best] = -np.inf
         runner_up = float(score.max())
         score[best] = best_score
-        if runner_up >= best_score - self._tolerance:
-            heaps = self._slot_heap
-            near_best = np.flatnonzero(score >= best_score - self._tolerance).tolist()
-            best = min(near_best, key=lambda slot: heaps[slot][0][:3])
+        return best, best_score, runner_up
 
-        # Same operations in the same order as the vector above, so G(S) is bit-identical.
-        new_balance = float(added[best]) * float(difference[best]) + float(weight_next[best])
-        self._balance = (new_balance + weighted_sum) / float(denominator[best])
-        return best
+    def _break_tie(self, n: int, best_score: float) -> int:
+        """Return the slot whose best pair comes first by (larger N, smaller edge, smaller class) among the near-best."""
+        threshold = best_score - self._tolerance
+        if self._vectorised:
+            near_best = np.flatnonzero(self._score[:n] >= threshold).tolist()
+        else:
+            near_best = [slot for slot, score in enumerate(self._python_scores) if score >= threshold]
+        heaps = self._slot_heap
+        return min(near_best, key=lambda slot: heaps[slot][0][:3])
 
-    def _make_views(self, n: int) -> None:
-        self._view_length = n
-        weights = self._weights[:n]
-        self._views = (
-            self._updates_pair[:n],
-            weights,
-            weights[:, 0],
-            weights[:, 1],
-            self._group_totals[:, :n],
-            self._group_added[:n],
-            self._group_top[:n],
-            self._difference[:n],
-            self._denominator[:n],
-            self._score[:n],
-        )
+    def _last_new_balance(self, slot: int) -> float:
+        """Return G(S ∪ {p}) of the slot's pair, by the same operations as the scoring step."""
+        weight_now, weight_next, balance_sum, weighted_sum = self._step_terms
+        now = float(weight_now[slot])
+        next_ = float(weight_next[slot])
+        difference = next_ - now
+        return (self._slot_added[slot] * difference + next_ + weighted_sum) / (difference + balance_sum)
 
     def _select_from(self, slot: int) -> int:
         """Add the slot's best pair to S, update every structure it touches, and return its position."""
@@ -662,7 +743,7 @@ def _report_per_edge(problem: SchedulingProblem, rank_keys: Sequence[np.ndarray]
     `rank_keys` are (P,) arrays, most significant first, and smaller values rank first.
     The result is in edge order.
     """
-    order = np.lexsort((*reversed(rank_keys), problem.pair_edge))
+    order = _sort_order([problem.pair_edge, *rank_keys])
     sorted_edges = problem.pair_edge[order]
     first_of_edge = np.searchsorted(sorted_edges, sorted_edges, side="left")
     rank = np.arange(order.size) - first_of_edge
@@ -671,8 +752,31 @@ def _report_per_edge(problem: SchedulingProblem, rank_keys: Sequence[np.ndarray]
 
 def _take_smallest(reported: np.ndarray, budget: int, rank_keys: Sequence[np.ndarray]) -> np.ndarray:
     """Return the first `budget` reported positions by `rank_keys` (most significant first)."""
-    order = np.lexsort(tuple(key[reported] for key in reversed(rank_keys)))
+    order = _sort_order([key[reported] for key in rank_keys])
     return reported[order][:budget]
+
+
+def _sort_order(keys: Sequence[np.ndarray]) -> np.ndarray:
+    """Return the indices that sort by integer `keys`, most significant first, like np.lexsort.
+
+    The keys must together be unique per element (every caller's last keys identify
+    the pair), so the order does not depend on the sort algorithm. When the key
+    ranges fit in one int64, the keys are packed into one number and sorted once:
+    about 2 ms against 8 ms for np.lexsort on 20,000 pairs with three keys.
+    """
+    if not keys or keys[0].size == 0:
+        return np.zeros(0, dtype=np.intp)
+    packed = np.zeros(keys[0].size, dtype=np.int64)
+    span = 1
+    for key in keys:
+        low = int(key.min())
+        width = int(key.max()) - low + 1
+        span *= width
+        if span >= 2**62:
+            return np.lexsort(tuple(reversed(keys)))
+        packed *= width
+        packed += key - low
+    return np.argsort(packed)
 
 
 def _capacity_of(

@@ -7,6 +7,7 @@ baselines are checked against plain sorted() versions of their rules.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections import Counter
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud import scheduling
 from cloud.exact import count_feasible_sets, exact_best, optimality_gap
 from cloud.scheduling import (
     GAIN_TIE_TOLERANCE,
@@ -143,6 +145,29 @@ def test_smg_matches_reference(instance):
 
     expected = reference_smg(counts, cumulative_updates, edge_capacity, budget, alpha, beta, epsilon)
     selection = smg(counts, cumulative_updates, edge_capacity, budget, alpha=alpha, beta=beta, epsilon=epsilon)
+
+    assert selection == expected
+
+
+@contextlib.contextmanager
+def numpy_scoring_only():
+    """Make SMG score groups with numpy from the first step, however few there are."""
+    saved = scheduling._PYTHON_MAX_GROUPS
+    scheduling._PYTHON_MAX_GROUPS = 0
+    try:
+        yield
+    finally:
+        scheduling._PYTHON_MAX_GROUPS = saved
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances())
+def test_smg_numpy_scoring_matches_reference(instance):
+    counts, cumulative_updates, edge_capacity, budget, alpha, beta, epsilon = instance
+
+    expected = reference_smg(counts, cumulative_updates, edge_capacity, budget, alpha, beta, epsilon)
+    with numpy_scoring_only():
+        selection = smg(counts, cumulative_updates, edge_capacity, budget, alpha=alpha, beta=beta, epsilon=epsilon)
 
     assert selection == expected
 
@@ -576,3 +601,21 @@ def test_smg_mid_size_matches_reference(seed):
 
     assert selection == expected
     assert_feasible(selection, counts, edge_capacity, 45)
+
+
+def test_smg_many_groups_matches_reference():
+    # 40 classes with distinct B_c: 40 class groups from the first step, so SMG scores
+    # them with numpy without being told to.
+    rng = np.random.default_rng(3)
+    counts = {
+        f"edge{k:02d}": {f"class{c:02d}": int(rng.integers(1, 30)) for c in rng.choice(40, 4, replace=False)}
+        for k in range(25)
+    }
+    cumulative_updates = {f"class{c:02d}": c for c in range(40)}
+    edge_capacity = {edge_id: 2 for edge_id in counts}
+    assert len(set(cumulative_updates.values())) > scheduling._PYTHON_MAX_GROUPS
+
+    selection = smg(counts, cumulative_updates, edge_capacity, 40)
+    expected = reference_smg(counts, cumulative_updates, edge_capacity, 40, 0.5, 0.5, 1e-6)
+
+    assert selection == expected

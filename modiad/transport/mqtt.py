@@ -300,10 +300,12 @@ class MqttTransport(Transport):
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Hand a QoS 1 message to paho.
 
-        While the connection is down paho queues the message and sends it after
-        reconnecting. Raises TransportError if the transport is not started, the
-        payload exceeds `max_payload_bytes`, or paho rejects the message (e.g. its
-        outgoing queue of `max_queued_messages` is full).
+        While the connection is down, paho queues the message and sends it after
+        reconnecting. While connected, a full outgoing queue of `max_queued_messages`
+        makes this call wait, up to `connect_timeout_s`, for the broker to acknowledge
+        earlier messages. Raises TransportError if the transport is not started, the
+        payload exceeds `max_payload_bytes`, the queue is full while disconnected or
+        stays full past that wait, or paho rejects the message.
         """
         validate_topic_name(topic)
         if not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -314,17 +316,20 @@ class MqttTransport(Transport):
                 "Send less, or raise the limit on every client and the broker"
             )
         client = self._require_client("publish")
+        message = bytes(payload)
 
-        try:
-            info = client.publish(topic, bytes(payload), qos=MQTT_QOS, retain=retain)
-        except ValueError as error:
-            raise TransportError(f"paho rejected the publish on {topic!r}: {error}") from error
+        deadline: float | None = None
+        while True:
+            try:
+                info = client.publish(topic, message, qos=MQTT_QOS, retain=retain)
+            except ValueError as error:
+                raise TransportError(f"paho rejected the publish on {topic!r}: {error}") from error
+            if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                break
 
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            raise TransportError(
-                f"outgoing queue is full ({self.settings.max_queued_messages} messages) publishing on {topic!r}, "
-                f"probably because the broker at {self.address} is unreachable"
-            )
+            deadline = deadline if deadline is not None else time.monotonic() + self.settings.connect_timeout_s
+            self._wait_for_queue_space(topic, deadline)
+
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish on {topic!r} to {self.address} failed: {paho.error_string(info.rc)}")
 
@@ -495,6 +500,22 @@ class MqttTransport(Transport):
                 self._early_acked_mids.discard(mid)
             else:
                 self._unacked_mids.add(mid)
+
+    def _wait_for_queue_space(self, topic: str, deadline: float) -> None:
+        """Wait briefly for a PUBACK to free the outgoing queue, or raise TransportError if none can come in time."""
+        limit = self.settings.max_queued_messages
+        if not self._connected:
+            raise TransportError(
+                f"outgoing queue is full ({limit} messages) publishing on {topic!r} while disconnected from "
+                f"{self.address}. Publish again once the broker is reachable, or raise max_queued_messages"
+            )
+        if time.monotonic() >= deadline:
+            raise TransportError(
+                f"outgoing queue stayed full ({limit} messages) for {self.settings.connect_timeout_s} s publishing on "
+                f"{topic!r}, because the broker at {self.address} acknowledges slower than messages are published"
+            )
+        with self._acks:
+            self._acks.wait(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def _wait_for_publishes(self, deadline: float) -> int:
         """Wait until every publish is acknowledged or `deadline` passes; return how many are still open."""

@@ -500,6 +500,18 @@ def test_rejected_client_raises(tmp_path: Path) -> None:
     assert not transport.connected
 
 
+def test_missing_tls_file_raises_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing-ca.pem"
+    settings = MqttSettings(url=f"mqtts://127.0.0.1:{free_port()}", tls_ca_file=missing)
+    transport = MqttTransport(settings, unique_id("tls"))
+
+    with pytest.raises(ConfigError, match="TLS set-up") as raised:
+        transport.start()
+
+    assert str(missing) in str(raised.value)
+    assert not transport.connected
+
+
 def test_use_before_start_rejected() -> None:
     transport = MqttTransport(MqttSettings(), unique_id("idle"))
 

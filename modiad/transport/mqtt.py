@@ -10,6 +10,10 @@ After a lost connection, paho reconnects on its own thread. This module picks ea
 wait (see `ReconnectBackoff`), logs before each retry, and resubscribes every filter
 once connected. Brokers resend retained messages on every subscription, so handlers
 see retained messages again after each reconnect.
+
+NOTE: paho acknowledges a QoS 1 message as soon as it arrives, before `poll` hands it
+to a handler, so messages still queued for `poll` when the process dies are lost.
+paho's manual_ack mode could close this gap.
 """
 
 from __future__ import annotations
@@ -429,6 +433,7 @@ class MqttTransport(Transport):
         return client
 
     def _configure_tls(self, client: paho.Client) -> None:
+        # NOTE: tests cover only TLS configuration errors here; no test yet connects to a TLS listener.
         files = {
             "tls_ca_file": self.settings.tls_ca_file,
             "tls_cert_file": self.settings.tls_cert_file,
@@ -441,8 +446,8 @@ class MqttTransport(Transport):
                 keyfile=str(files["tls_key_file"]) if files["tls_key_file"] else None,
             )
         except (OSError, ValueError) as error:
-            given = {name: str(path) for name, path in files.items() if path is not None}
-            raise ConfigError(f"TLS set-up for {self.address} failed with files {given}: {error}") from error
+            configured_files = {name: str(path) for name, path in files.items() if path is not None}
+            raise ConfigError(f"TLS set-up for {self.address} failed with files {configured_files}: {error}") from error
 
     def _open_socket(self, deadline: float) -> paho.Client:
         """Return a client whose TCP (and TLS) connection is open, retrying refused or unreachable brokers until `deadline`.

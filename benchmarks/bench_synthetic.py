@@ -5,8 +5,8 @@ temporary folder and reports wall time, CPU time of this process, time per sampl
 size on disk. The target is under 30 s wall time for `demo`. Generation is single
 threaded, and the numpy arithmetic it uses runs on one core.
 
-CPU time is reported next to wall time because a shared host inflates wall time with
-other processes' load; both are printed with the load average at the start.
+CPU time is reported next to wall time because other processes on a shared host
+inflate wall time. The load average at the start is printed with both.
 
 Run from the repository root: ``python benchmarks/bench_synthetic.py [--profile small]``
 """

@@ -43,7 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-"""Split folder names of the layout. Only `test` holds defect folders and masks."""
+"""Split folder names of the layout. Only `test` contains defect folders and masks."""
 
 _GOOD = "good"
 _RGB_SUFFIX = ".png"

@@ -1,7 +1,7 @@
 """The online stream: which edge holds which class, and which samples arrive when.
 
 Training samples reach the edges in packets, one per edge per round. Classes are spread
-over the edges in a structured non-IID layout: every edge holds the same number of
+over the edges in a structured non-IID layout: every edge has the same number of
 classes and every class sits on the same number of edges, with its training samples
 split evenly between them. Each round an edge receives at most `packet_size` samples
 whose class mix is a Dirichlet draw over the edge's classes that still have samples.
@@ -134,10 +134,10 @@ def build_schedule(
 ) -> list[dict[str, Packet]]:
     """Return the packets of every round: schedule[r][edge_id] is round r's packet.
 
-    An edge's packet holds min(packet_size, samples it has left) samples. The class
+    An edge's packet contains min(packet_size, samples it has left) samples. The class
     proportions are a Dirichlet(alpha) draw over the edge's classes that still have
-    samples, turned into counts by largest remainder; a count above what a class has
-    left is capped and the excess fills the other classes in order of decreasing
+    samples, turned into counts by largest remainder. A count above what a class has
+    left is capped, and the excess fills the other classes in order of decreasing
     proportion. Each class's samples are taken in source order. No sample is repeated
     or dropped: a sample is missing from the schedule only if `rounds` ends before its
     edge's sources run out, and an edge with nothing left gets an empty packet. Rounds

@@ -1,7 +1,7 @@
 """Deterministic synthetic RGB-D dataset in the MVTec 3D-AD layout.
 
 Each sample is a scene seen by a pinhole camera that looks down at a flat plate about
-0.4 m away. One object, a height field a few centimetres tall, stands on the plate.
+0.4 m away. One object, a height field a few centimetres tall, rests on the plate.
 The organized point cloud is the back-projected depth map in metres, with Gaussian depth
 noise and missing points (0, 0, 0) where a structured-light sensor loses them: at depth
 jumps, in the projector's shadow next to tall objects, and sparsely at random.
@@ -232,7 +232,7 @@ def _albedo_two_tone(x, y, rng):
 
 
 # ---------------------------------------------------------------------------------
-# Height fields (local coordinates in metres; 0 off the object)
+# Height fields in metres above the plate, 0 off the object, from local coordinates in metres
 
 
 def _dome(x, y):
@@ -500,7 +500,7 @@ def _projector_shadow(height_m: np.ndarray, pixel_size_m: float) -> np.ndarray:
     """Mark pixels whose ray back to the projector (towards -X) passes under the surface.
 
     The ray leaving a point of height h rises by pixel_size / slope for every pixel it
-    moves towards the projector, so the point is shaded when a pixel k steps away is
+    moves towards the projector. The point is shaded when the surface k pixels away is
     higher than h + k * pixel_size / slope.
     """
     rise_per_pixel = pixel_size_m / _PROJECTOR_SLOPE
@@ -610,8 +610,11 @@ def _pick_centre(inside_distance: np.ndarray, clearance_px: float, rng: np.rando
 
 
 def _blob_radius(rows, cols, centre, radius_px, irregular, rng) -> np.ndarray:
-    """Return the normalized radius of a rotated ellipse of area pi * radius_px**2,
-    whose outline is perturbed by low harmonics when `irregular`; the blob is radius < 1."""
+    """Return each pixel's normalized radius in a rotated ellipse of area pi * radius_px**2.
+
+    The blob is where the result is below 1. When `irregular`, low harmonics perturb the
+    outline.
+    """
     aspect = rng.uniform(0.6, 1.0)
     angle = rng.uniform(0, np.pi)
     d_row, d_col = rows - centre[0], cols - centre[1]
@@ -667,8 +670,9 @@ def _shift_colour(albedo: np.ndarray, levels: float, rng: np.random.Generator,
                   strength: np.ndarray | float = 1.0) -> np.ndarray:
     """Shift N×3 albedo values by about `levels` 8-bit levels in a muted random tint.
 
-    The shift darkens bright surfaces and lightens dark ones, so it never clips at 0 or
-    1 and never produces a saturated colour. The largest channel shift equals `levels`.
+    The shift darkens bright surfaces and lightens dark ones to stay clear of the clip
+    limits 0.02 and 0.95, and the tint is muted, so no saturated colour appears. The
+    largest channel shift equals `levels` times `strength` before clipping.
     """
     tint = rng.uniform(0.6, 1.0, size=3)
     tint /= tint.max()
@@ -697,7 +701,7 @@ def render_sample(
     rendered without the defect, with identical sensor noise: this is the defect-free
     twin that the gt mask is defined against, and it is returned as a good sample with
     an all-zero mask. The sample id is "<class>/<split>/<folder>/<index:03d>" in both
-    cases. Test samples carry a uint8 0/1 mask; train and validation samples carry none.
+    cases. Test samples carry a uint8 0/1 mask, and train and validation samples carry none.
     Raises DatasetError for an unknown class, split or defect, a defect outside the test
     split, a negative index or seed, or an image size below 32.
     """
@@ -757,8 +761,8 @@ def _render_rgb(scene: _Scene, noise: _SensorNoise, defect: str | None, applied:
     """Render uint8 RGB as albedo × shading × brightness plus sensor noise.
 
     RGB-only and surface-only defects are shaded from the undamaged surface. Cracks and
-    holes are shaded from the damaged surface inside their region only, so shading
-    differences from the finite-difference normals never leak outside the gt mask.
+    holes use the damaged surface's shading inside their region only, so the
+    finite-difference normals cannot carry a change outside the gt mask.
     """
     albedo = scene.albedo
     shading = _shading(scene, scene.height_m)
@@ -881,8 +885,8 @@ def _require_replaceable(root: Path) -> None:
         is_synthetic = False
     if not is_synthetic and any(root.iterdir()):
         raise DatasetError(
-            f"Refusing to overwrite {root}: it is not empty and holds no synthetic dataset.json. "
-            "Pass an empty or new folder for the synthetic dataset."
+            f"Cannot generate into {root}: the folder is not empty and contains no synthetic "
+            "dataset.json, so it may contain other data. Pass an empty or new folder."
         )
 
 

@@ -54,10 +54,10 @@ def test_partition_balanced_for_other_layouts(class_count, edge_count, per_edge,
 
     partition = partition_classes(classes, edges, classes_per_edge=per_edge, edges_per_class=per_class)
 
-    for edge_id, held in partition.items():
-        assert len(held) == per_edge, edge_id
-        assert len(set(held)) == per_edge, edge_id
-    counts = Counter(name for held in partition.values() for name in held)
+    for edge_id, edge_classes in partition.items():
+        assert len(edge_classes) == per_edge, edge_id
+        assert len(set(edge_classes)) == per_edge, edge_id
+    counts = Counter(name for edge_classes in partition.values() for name in edge_classes)
     assert counts == Counter({name: per_class for name in classes})
 
 

@@ -1,8 +1,8 @@
 """Tests for the synthetic RGB-D generator: layout, determinism, physics and defects.
 
-Reference quantities come from the generated files themselves: the plate is fitted by
-least squares to the points near the image border, heights are measured against it,
-and each defect is compared with its defect-free twin rendered from the same seed.
+Reference quantities come from the generated files themselves. The plate is fitted by
+least squares to the points near the image border and heights are measured against it.
+Each defect is compared with its defect-free twin rendered from the same seed.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def test_refuses_to_overwrite_foreign_folder(tmp_path):
     root = tmp_path / "mvtec"
     (root / "bagel").mkdir(parents=True)
 
-    with pytest.raises(DatasetError, match="Refusing to overwrite"):
+    with pytest.raises(DatasetError, match="Cannot generate into"):
         generate_dataset(root, profile="small", seed=0, classes=["dome"])
 
     assert (root / "bagel").is_dir()

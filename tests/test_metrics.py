@@ -316,7 +316,7 @@ def test_aupro_small_blocks_match_reference(monkeypatch, block_elements):
 # ---------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=image_sets(), limit=st.floats(0.001, 1.0))
 def test_aupro_matches_reference(data, limit):
     maps, masks = data
@@ -362,7 +362,7 @@ def test_aupro_invariant_to_image_order(data, permutation_seed):
         assert permuted[limit] == pytest.approx(original[limit], abs=1e-12)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(data=image_sets(integer_scores=False))
 def test_pixel_auroc_matches_sklearn(data):
     maps, masks = data
@@ -382,7 +382,7 @@ def test_pixel_auroc_with_ties_matches_pair_count(data):
     assert pixel_auroc(maps, masks) == pytest.approx(reference_auroc(flat_scores, flat_labels), abs=1e-12)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     pairs=st.lists(st.tuples(st.integers(-5, 5), st.booleans()), min_size=2, max_size=60),
     scale=st.sampled_from([1.0, 0.1, 1e-300]),

@@ -4,7 +4,13 @@ The MVTec 3D-AD layout reader lives in `modiad.dataset`, because the cloud also 
 the test split, and is re-exported here for convenience.
 """
 
-from modiad.dataset import SampleRef, list_classes, list_samples, load_split, read_sample
+from modiad.dataset import (
+    SampleRef,
+    list_classes,
+    list_samples,
+    load_split,
+    read_sample,
+)
 from sensors_sim.stream import build_schedule, partition_classes, split_sources
 from sensors_sim.synthetic import (
     CLASS_NAMES,

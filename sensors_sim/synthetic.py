@@ -23,6 +23,7 @@ defect sample, and the gt mask contains every pixel that differs from that twin.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import os
@@ -30,9 +31,9 @@ import shutil
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import tifffile
@@ -656,7 +657,7 @@ def _random_walk(centre: np.ndarray, length_px: float, rng: np.random.Generator)
 def _polyline_distance(rows: np.ndarray, cols: np.ndarray, vertices: np.ndarray) -> np.ndarray:
     """Return each pixel's distance in pixels to the polyline through `vertices`."""
     distance = np.full(rows.shape, np.inf)
-    for (start_row, start_col), (end_row, end_col) in zip(vertices[:-1], vertices[1:]):
+    for (start_row, start_col), (end_row, end_col) in itertools.pairwise(vertices):
         segment_row, segment_col = end_row - start_row, end_col - start_col
         offset_row, offset_col = rows - start_row, cols - start_col
         squared_length = max(segment_row**2 + segment_col**2, 1e-12)
@@ -893,8 +894,11 @@ def _require_replaceable(root: Path) -> None:
 def _write_tree(staging: Path, spec: Profile, seed: int, class_names: list[str]) -> int:
     written = 0
     for class_name in class_names:
-        folders = [("train", None, spec.train), ("validation", None, spec.validation),
-                   ("test", None, spec.test_good)]
+        folders: list[tuple[str, str | None, int]] = [
+            ("train", None, spec.train),
+            ("validation", None, spec.validation),
+            ("test", None, spec.test_good),
+        ]
         folders += [("test", defect, spec.test_per_defect) for defect in DEFECT_TYPES]
         for split, defect, count in folders:
             for index in range(count):

@@ -12,7 +12,12 @@ from PIL import Image
 
 from modiad.dataset import list_classes, list_samples, load_split, read_sample
 from modiad.errors import DatasetError
-from sensors_sim.synthetic import DEFECT_TYPES, PROFILES, generate_dataset, render_sample
+from sensors_sim.synthetic import (
+    DEFECT_TYPES,
+    PROFILES,
+    generate_dataset,
+    render_sample,
+)
 
 CLASSES = ["dome", "ring"]
 SMALL = PROFILES["small"]

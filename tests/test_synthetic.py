@@ -16,9 +16,15 @@ import pytest
 import tifffile
 from PIL import Image
 
-import sensors_sim.synthetic as synthetic
 from modiad.errors import DatasetError
-from sensors_sim.synthetic import CLASS_NAMES, DEFECT_TYPES, PROFILES, generate_dataset, render_sample
+from sensors_sim import synthetic
+from sensors_sim.synthetic import (
+    CLASS_NAMES,
+    DEFECT_TYPES,
+    PROFILES,
+    generate_dataset,
+    render_sample,
+)
 
 SMALL = PROFILES["small"]
 RGB_ONLY = ("stain", "contamination")

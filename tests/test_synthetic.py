@@ -8,6 +8,7 @@ Each defect is compared with its defect-free twin rendered from the same seed.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -188,7 +189,27 @@ def test_new_seed_replaces_tree(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]
 
 
-def test_refuses_to_overwrite_foreign_folder(tmp_path):
+def test_generates_into_empty_folder(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+
+    generate_dataset(root, profile="small", seed=0, classes=["egg"])
+
+    assert json.loads((root / "dataset.json").read_text())["classes"] == ["egg"]
+    assert (root / "egg" / "train" / "good" / "rgb" / "000.png").is_file()
+
+
+def test_missing_class_folder_triggers_regeneration(tmp_path):
+    root = generate_dataset(tmp_path / "data", profile="small", seed=0, classes=["egg", "ring"])
+    expected = _files(root, "ring")
+    shutil.rmtree(root / "ring")
+
+    generate_dataset(root, profile="small", seed=0, classes=["egg", "ring"])
+
+    assert _files(root, "ring") == expected
+
+
+def test_rejects_non_synthetic_folder(tmp_path):
     root = tmp_path / "mvtec"
     (root / "bagel").mkdir(parents=True)
 

@@ -7,12 +7,13 @@ levels, e.g. `MODIAD_MQTT__URL=mqtt://10.0.0.5:1883` or `MODIAD_ROUNDS=20`.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from modiad.errors import ConfigError
 from modiad.features.embedded import EmbeddedFeatureSettings
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+_command_line_overrides: ContextVar[dict[str, Any]] = ContextVar("command_line_overrides", default={})
+"""Options given on the command line while `load_settings` builds a model; they beat the environment."""
 
 
 class _ServiceSettings(BaseSettings):
@@ -64,7 +68,8 @@ class _ServiceSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The YAML file arrives as init kwargs, so the environment must come first to override it.
-        return env_settings, init_settings
+        command_line = InitSettingsSource(settings_cls, init_kwargs=_command_line_overrides.get())
+        return command_line, env_settings, init_settings
 
 
 class TrainingSettings(BaseModel):
@@ -161,20 +166,15 @@ def load_settings(settings_class: type[SettingsT], path: Path | str | None = Non
     data: dict[str, Any] = {}
     if path is not None:
         data = _read_yaml(Path(path))
-    data.update({key: value for key, value in overrides.items() if value is not None})
+    command_line = {key: value for key, value in overrides.items() if value is not None}
+
+    token = _command_line_overrides.set(command_line)
     try:
-        settings = settings_class(**data)
+        return settings_class(**data)
     except ValidationError as error:
         raise ConfigError(_describe_validation_error(settings_class, error, path)) from error
-
-    # Command-line overrides must beat the environment too, so apply them last.
-    if overrides:
-        merged = settings.model_dump() | {key: value for key, value in overrides.items() if value is not None}
-        try:
-            settings = settings_class.model_validate(merged)
-        except ValidationError as error:
-            raise ConfigError(_describe_validation_error(settings_class, error, path)) from error
-    return settings
+    finally:
+        _command_line_overrides.reset(token)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -54,8 +54,8 @@ DEFAULT_TABLE_KEYS: tuple[str, ...] = ("i_auroc", "aupro@0.1", "aupro@0.05")
 # only save NumPy call overhead, which is already negligible at this size.
 _BLOCK_ELEMENTS = 1 << 18
 
-# Smaller inputs are scanned in 16 blocks, but never blocks under this many elements,
-# so that the temporaries of a small input stay a fraction of its size.
+# Inputs under 16 · 2**18 elements are scanned in about 16 blocks of at least this many
+# elements. Their temporaries then stay near 5 bytes per element, or under about 320 KiB.
 _MIN_BLOCK_ELEMENTS = 1 << 12
 
 # 8-connectivity: defect pixels that touch only at a corner belong to the same region.

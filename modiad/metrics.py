@@ -530,7 +530,8 @@ def _sort_with_pro_weights(
 
     NOTE: with float32 maps and bool masks, the whole AUPRO then peaks near 19 bytes per
     defect pixel. That is under one input copy at 1 % defect pixels, but 2.5 copies at
-    50 % and 3.8 copies at 90 % (measured on 20 maps of 800×800).
+    50 % and 3.8 copies at 90 % (20 maps of 800×800, measured with
+    ``benchmarks/bench_metrics.py --defect-share``).
     """
     order = np.argsort(positives)
     positives[...] = positives[order]

@@ -207,6 +207,8 @@ class EmbeddedExtractor:
         """Return float32 G×G×dim_2d CNN features for each uint8 H×W×3 image."""
         import torch
 
+        if not images:
+            return []
         batch = torch.stack([self._preprocess(image) for image in images])
         with torch.inference_mode():
             stage_outputs = self._cnn.forward_intermediates(

@@ -1,6 +1,6 @@
 """The cloud's model bank: one mapper pair per class, its version and update count.
 
-The bank is stored as one safetensors file whose metadata holds the versions, the
+The bank is stored as one safetensors file whose metadata contains the versions, the
 cumulative update counts B_c and the last completed round. Saving writes a
 temporary file, fsyncs it and renames it over the old one, so a crash leaves
 either the previous bank or the new one, never a mix.
@@ -89,7 +89,7 @@ class ModelBank:
 
     @classmethod
     def load(cls, directory: Path) -> ModelBank | None:
-        """Read a saved bank, or return None when the folder holds none."""
+        """Read a saved bank, or return None when the folder contains none."""
         path = directory / BANK_FILE_NAME
         if not path.exists():
             return None

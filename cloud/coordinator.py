@@ -1,10 +1,11 @@
 """The round coordinator: a transport-agnostic state machine.
 
-Each round: open it, collect status reports until every live edge has reported or
-the deadline passes, schedule class updates, send each reporting edge its
-assignment with the global weights, collect updates until every assigned one has
-arrived or the deadline passes, aggregate each class over the edges that uploaded
-it, save the bank atomically, evaluate, and open the next round.
+A round has five steps. The coordinator opens it and collects status reports until
+every live edge has reported or the deadline passes. It schedules class updates and
+sends each reporting edge its assignment with the global weights. It collects
+updates until every assigned one has arrived or the deadline passes. Then it
+averages each class over the edges that uploaded it, saves the bank atomically,
+evaluates, and opens the next round.
 """
 
 from __future__ import annotations

@@ -617,8 +617,8 @@ class _MarginalGainSearch:
         updates = self._slot_updates[:n]
         weight_now = [math.log1p(total / (u + shift)) for u in updates]
         weight_next = [math.log1p(total / (u + 1.0 + shift)) for u in updates]
-        balance_sum = math.fsum(map(operator.mul, self._slot_size[:n], weight_now))
-        weighted_sum = math.fsum(map(operator.mul, self._slot_added_total[:n], weight_now))
+        balance_sum = sum(map(operator.mul, self._slot_size[:n], weight_now))
+        weighted_sum = sum(map(operator.mul, self._slot_added_total[:n], weight_now))
 
         beta = self._beta
         scores = self._python_scores = []
@@ -628,9 +628,11 @@ class _MarginalGainSearch:
             scores.append(new_balance * beta + top)
         self._step_terms = (weight_now, weight_next, balance_sum, weighted_sum)
 
-        best = max(range(n), key=scores.__getitem__)
-        best_score = scores[best]
-        runner_up = max((score for slot, score in enumerate(scores) if slot != best), default=-math.inf)
+        best_score = max(scores)
+        best = scores.index(best_score)
+        scores[best] = -math.inf
+        runner_up = max(scores)
+        scores[best] = best_score
         return best, best_score, runner_up
 
     def _score_vectorised(self, n: int) -> tuple[int, float, float]:
@@ -671,10 +673,11 @@ class _MarginalGainSearch:
         score += top
         self._step_terms = (weight_now, weight_next, balance_sum, weighted_sum)
 
+        # argmax has a smaller fixed cost than max, so it finds the runner-up too.
         best = int(score.argmax())
         best_score = float(score[best])
         score[best] = -np.inf
-        runner_up = float(score.max())
+        runner_up = float(score[score.argmax()])
         score[best] = best_score
         return best, best_score, runner_up
 

@@ -246,7 +246,7 @@ class EdgeNode:
         shapes = expected_shapes(header.dim_2d, header.dim_3d)
         for assignment in header.classes:
             if counts.get(assignment.class_name, 0) == 0:
-                raise ProtocolError(f"assignment asks for class {assignment.class_name!r}, of which this edge holds no samples")
+                raise ProtocolError(f"assignment asks for class {assignment.class_name!r}, but this edge has no samples of it")
             for name, shape in shapes.items():
                 specs[f"{assignment.class_name}/{name}"] = TensorSpec("float32", shape)
         check_tensors(tensors, specs)

@@ -1,9 +1,9 @@
 """`modiad demo`: the whole fleet on one machine, as separate processes over MQTT.
 
-Steps: make sure the dataset exists (generating the synthetic set if needed),
-start an embedded broker on a free loopback port unless a broker URL is given,
-write one config per service into the output folder, launch the sensors, the
-edges and the cloud, show progress per round, and print the per-class table.
+The demo generates the synthetic set if the dataset is missing. It starts an
+embedded broker on a free loopback port unless a broker URL is given, and writes one
+config per service into the output folder. Then it launches the sensors, the edges
+and the cloud, shows progress per round, and prints the per-class table.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _prepare_output(output: Path | None) -> Path:
         output = RESULTS_PARENT / datetime.now().strftime("%Y%m%d-%H%M%S")
     output = Path(output).resolve()
     if (output / "results.json").exists():
-        raise ConfigError(f"output folder {output} already holds results.json; choose another --output")
+        raise ConfigError(f"output folder {output} already contains results.json; choose another --output")
     output.mkdir(parents=True, exist_ok=True)
     return output
 
@@ -103,7 +103,7 @@ def _prepare_dataset(options: DemoOptions) -> Path:
         if options.data_root is None:
             raise ConfigError(f"--dataset {options.dataset} needs --data-root pointing at the dataset's folder")
         if not options.data_root.is_dir():
-            raise DatasetError(f"data root {options.data_root} not found; pass the folder that holds the class folders")
+            raise DatasetError(f"data root {options.data_root} not found; pass the folder that contains the class folders")
         return options.data_root.resolve()
 
     from sensors_sim.synthetic import generate_dataset

@@ -20,7 +20,7 @@ __all__ = ["Node", "install_stop_signals", "run_nodes"]
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.05
-"""Longest wait for an inbound message before ticking; bounds the reaction to deadlines."""
+"""Maximum wait for an inbound message before ticking; bounds the reaction time to deadlines."""
 
 
 class Node(Protocol):

@@ -83,7 +83,7 @@ class TrainingSettings(BaseModel):
 
 
 class SchedulingSettings(BaseModel):
-    """Which edge updates which class each round."""
+    """Policy and budgets of the per-round class-update schedule."""
 
     model_config = {"extra": "forbid"}
 
@@ -150,7 +150,7 @@ class SensorSettings(_ServiceSettings):
         default_factory=lambda: [f"edge-{index}" for index in range(1, 6)], description="Edge ids to stream to."
     )
     classes: list[str] = Field(default_factory=list, description="Classes to stream (empty: every class in data_root).")
-    classes_per_edge: int = Field(4, ge=1, description="Classes each edge holds.")
+    classes_per_edge: int = Field(4, ge=1, description="Number of classes on each edge.")
     edges_per_class: int = Field(2, ge=1, description="Edges that hold each class; its samples are split evenly between them.")
     packet_size: int = Field(10, ge=1, le=10_000, description="P: most samples per edge per round.")
     dirichlet_alpha: float = Field(1.0, gt=0, description="Concentration of the per-packet class mix.")

@@ -5,7 +5,7 @@ over edges, even split of each class's samples, Dirichlet class mix per packet).
 When the cloud opens round r, the node publishes round r's samples to each edge
 and then the list of their ids, so edges know when the packet is complete. A
 sample file that cannot be read is skipped with a logged reason and left out of
-the list; the rest of the packet still goes out.
+the list, and the rest of the packet still goes out.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class SensorNode:
         unknown = sorted(set(classes) - set(available))
         if unknown:
             raise DatasetError(
-                f"unknown classes {unknown} in sensor settings; {self.settings.data_root} holds {available}"
+                f"unknown classes {unknown} in sensor settings; {self.settings.data_root} contains {available}"
             )
         train_ids: dict[str, list[str]] = {}
         for class_name in sorted(classes):

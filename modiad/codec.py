@@ -52,7 +52,7 @@ def decode(
     Raises ProtocolError naming the fault for: an oversized payload, a truncated
     frame, an oversized or non-JSON header, a header that fails the schema, or a
     tensor blob that safetensors cannot parse. Tensor contents are checked by the
-    caller with `check_tensors`, which knows the expected names and shapes.
+    caller with `check_tensors`, which takes the expected names and shapes.
     """
     if len(payload) > max_payload_bytes:
         raise ProtocolError(f"payload is {len(payload)} bytes, above the limit of {max_payload_bytes}")

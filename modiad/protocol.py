@@ -138,7 +138,7 @@ class AssignmentHeader(_Header):
     """The classes an edge updates this round; tensors "{class}/{parameter}" hold the global weights.
 
     An edge that was scheduled nothing still gets an assignment with no classes, so
-    it knows the round moved on.
+    it can tell that the round moved on.
     """
 
     kind: Literal["assignment"] = "assignment"

@@ -8,6 +8,11 @@ warm-up call. The script prints the mean and median wall time and CPU time (proc
 time) per call in ms. On a shared machine the CPU time is the better measure of the
 work, because wall time also counts the time other processes hold the core.
 
+With --gap-rounds R, it also draws R paper-sized rounds (5 edges, 10 classes, each
+edge holding 4 classes and each class on 2 edges, N_{k,c} uniform in [1, 30], B_c
+uniform in [0, 20], Γ_k^cop = 2, Γ^com = 5) and prints SMG's optimality gap against
+the exact optimum, with the time of the exact search.
+
 Run from the repository root: PYTHONPATH=. python benchmarks/bench_scheduling.py [--edges 1000 --classes 1000 ...]
 """
 
@@ -20,6 +25,7 @@ import time
 
 import numpy as np
 
+from cloud.exact import exact_best, optimality_gap
 from cloud.scheduling import SCHEDULERS
 
 
@@ -56,6 +62,39 @@ def time_policy(name: str, inputs: tuple, budget: int, repeats: int) -> tuple[li
     return wall_ms, cpu_ms
 
 
+def paper_round(rng: np.random.Generator) -> tuple[dict[str, dict[str, int]], dict[str, int], dict[str, int]]:
+    """Return one paper-sized round: edge k holds classes 2k .. 2k+3 (mod 10)."""
+    counts = {
+        f"edge{k}": {f"class{(2 * k + i) % 10}": int(rng.integers(1, 31)) for i in range(4)} for k in range(5)
+    }
+    cumulative_updates = {f"class{c}": int(rng.integers(0, 21)) for c in range(10)}
+    edge_capacity = {edge_id: 2 for edge_id in counts}
+    return counts, cumulative_updates, edge_capacity
+
+
+def report_gaps(rounds: int, seed: int) -> None:
+    """Print SMG's and the baselines' optimality gaps on `rounds` paper-sized rounds."""
+    rng = np.random.default_rng(seed)
+    gaps: dict[str, list[float]] = {name: [] for name in SCHEDULERS}
+    exact_ms = []
+    for _ in range(rounds):
+        counts, cumulative_updates, edge_capacity = paper_round(rng)
+        start = time.perf_counter()
+        exact_best(counts, cumulative_updates, edge_capacity, 5)
+        exact_ms.append((time.perf_counter() - start) * 1000.0)
+        for name, policy in SCHEDULERS.items():
+            selection = policy(counts, cumulative_updates, edge_capacity, 5, seed=int(rng.integers(2**31)))
+            gaps[name].append(optimality_gap(selection, counts, cumulative_updates, edge_capacity, 5))
+
+    print(f"paper-sized rounds: {rounds}, exact search median {statistics.median(exact_ms):.0f} ms")
+    for name, values in gaps.items():
+        optimal = sum(1 for gap in values if gap == 0.0)
+        print(
+            f"  {name:3s} gap mean {statistics.fmean(values):.4f}  max {max(values):.4f}  "
+            f"optimal in {optimal}/{rounds}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edges", type=int, default=1000, help="K, number of edges")
@@ -65,7 +104,11 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=2000, help="Γ^com, class updates per round in total")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per policy and history")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic round")
+    parser.add_argument("--gap-rounds", type=int, default=0, help="paper-sized rounds for the optimality gap")
     args = parser.parse_args()
+
+    if args.gap_rounds:
+        report_gaps(args.gap_rounds, args.seed)
 
     print(
         f"K={args.edges} C={args.classes} classes/edge={args.classes_per_edge} "

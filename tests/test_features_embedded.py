@@ -361,12 +361,12 @@ def test_pool_to_grid_means_per_cell() -> None:
 def test_pixel_fpfh_covers_every_foreground_pixel() -> None:
     _, xyz, box_mask = make_scene()
     settings = EmbeddedFeatureSettings()
-    radii = dict(
-        normal_radius_m=settings.normal_radius_m,
-        normal_max_nn=settings.normal_max_nn,
-        fpfh_radius_m=settings.fpfh_radius_m,
-        fpfh_max_nn=settings.fpfh_max_nn,
-    )
+    radii = {
+        "normal_radius_m": settings.normal_radius_m,
+        "normal_max_nn": settings.normal_max_nn,
+        "fpfh_radius_m": settings.fpfh_radius_m,
+        "fpfh_max_nn": settings.fpfh_max_nn,
+    }
 
     full = pixel_fpfh(xyz, box_mask, point_stride=1, **radii)
     strided = pixel_fpfh(xyz, box_mask, point_stride=2, **radii)
@@ -468,7 +468,7 @@ def test_extract_shapes_and_dtypes(extractor: EmbeddedExtractor) -> None:
 
 
 def test_extract_foreground_is_box_cells(extractor: EmbeddedExtractor) -> None:
-    rgb, xyz, box_mask = make_scene()
+    rgb, xyz, _ = make_scene()
 
     maps = extractor.extract(rgb, xyz)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -32,7 +32,7 @@ from modiad.features.geometry import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["EmbeddedExtractor", "EmbeddedFeatureSettings", "PRESET_NAME"]
+__all__ = ["PRESET_NAME", "EmbeddedExtractor", "EmbeddedFeatureSettings"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,8 @@ class EmbeddedExtractor:
         self.grid_size = self.settings.grid_size
         self.dim_2d = self.settings.dim_2d
         self.dim_3d = FPFH_DIM
-        self._cnn = load_efficientnet_lite0()
+        # Any: forward_intermediates is timm's method, unknown to nn.Module's type.
+        self._cnn: Any = load_efficientnet_lite0()
         self._stage_indices = [_STAGE_INDEX[stride] for stride in self.settings.stages]
         logger.info("built feature extractor %s (dim_2d=%d, dim_3d=%d)", self.identity, self.dim_2d, self.dim_3d)
 

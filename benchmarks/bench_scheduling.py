@@ -64,9 +64,7 @@ def time_policy(name: str, inputs: tuple, budget: int, repeats: int) -> tuple[li
 
 def paper_round(rng: np.random.Generator) -> tuple[dict[str, dict[str, int]], dict[str, int], dict[str, int]]:
     """Return one paper-sized round: edge k holds classes 2k .. 2k+3 (mod 10)."""
-    counts = {
-        f"edge{k}": {f"class{(2 * k + i) % 10}": int(rng.integers(1, 31)) for i in range(4)} for k in range(5)
-    }
+    counts = {f"edge{k}": {f"class{(2 * k + i) % 10}": int(rng.integers(1, 31)) for i in range(4)} for k in range(5)}
     cumulative_updates = {f"class{c}": int(rng.integers(0, 21)) for c in range(10)}
     edge_capacity = {edge_id: 2 for edge_id in counts}
     return counts, cumulative_updates, edge_capacity
@@ -90,8 +88,7 @@ def report_gaps(rounds: int, seed: int) -> None:
     for name, values in gaps.items():
         optimal = sum(1 for gap in values if gap == 0.0)
         print(
-            f"  {name:3s} gap mean {statistics.fmean(values):.4f}  max {max(values):.4f}  "
-            f"optimal in {optimal}/{rounds}"
+            f"  {name:3s} gap mean {statistics.fmean(values):.4f}  max {max(values):.4f}  optimal in {optimal}/{rounds}"
         )
 
 

@@ -621,12 +621,19 @@ class _MarginalGainSearch:
         weighted_sum = sum(map(operator.mul, self._slot_added_total[:n], weight_now))
 
         beta = self._beta
-        scores = self._python_scores = []
+        scores: list[float] = []
+        self._python_scores = scores
         for top, added, now, next_ in zip(self._slot_top[:n], self._slot_added[:n], weight_now, weight_next):
             difference = next_ - now
             new_balance = (added * difference + next_ + weighted_sum) / (difference + balance_sum)
             scores.append(new_balance * beta + top)
-        self._step_terms = (weight_now, weight_next, balance_sum, weighted_sum)
+        # Weights are lists here and numpy views in `_score_vectorised`, indexed the same way.
+        self._step_terms: tuple[Any, Any, float, float] = (
+            weight_now,
+            weight_next,
+            balance_sum,
+            weighted_sum,
+        )
 
         best_score = max(scores)
         best = scores.index(best_score)
@@ -652,9 +659,7 @@ class _MarginalGainSearch:
                 self._denominator[:n],
                 self._score[:n],
             )
-        updates_pair, weights, weight_now, weight_next, totals, added, top, difference, denominator, score = (
-            self._views
-        )
+        updates_pair, weights, weight_now, weight_next, totals, added, top, difference, denominator, score = self._views
 
         # w(u) = log(1 + 1/(u/(T+1) + ε)) = log1p((T+1) / (u + ε(T+1))), for u and u + 1.
         total = self._total_updates + 1.0
@@ -795,7 +800,9 @@ def _capacity_of(
             f"edge_capacity has no entry for edge {missing[0]!r} ({len(missing)} edges missing); "
             "give every edge in counts its capacity (0 to skip it this round)"
         )
-    return _as_non_negative_ints([edge_capacity[edge_id] for edge_id in edges], lambda i: f"edge_capacity[{edges[i]!r}]")
+    return _as_non_negative_ints(
+        [edge_capacity[edge_id] for edge_id in edges], lambda i: f"edge_capacity[{edges[i]!r}]"
+    )
 
 
 def _as_non_negative_ints(values: list[Any], label: Callable[[int], str]) -> np.ndarray:

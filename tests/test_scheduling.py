@@ -233,9 +233,7 @@ def test_all_policies_feasible(instance, seed):
         )
         assert_feasible(selection, counts, edge_capacity, budget)
         if name != "smg":
-            reportable = sum(
-                min(edge_capacity[k], sum(1 for n in row.values() if n > 0)) for k, row in counts.items()
-            )
+            reportable = sum(min(edge_capacity[k], sum(1 for n in row.values() if n > 0)) for k, row in counts.items())
             assert len(selection) == min(budget, reportable), name
 
 
@@ -342,7 +340,9 @@ def test_unheld_class_counts_in_balance():
     with_ghost = objective(selection, counts, {"a": 0, "ghost": 0})
     without_ghost = objective(selection, counts, {"a": 0})
 
-    assert with_ghost == pytest.approx(0.5 + 0.5 * FULL_SHARE_WEIGHT / (FULL_SHARE_WEIGHT + NO_UPDATES_WEIGHT), rel=1e-12)
+    assert with_ghost == pytest.approx(
+        0.5 + 0.5 * FULL_SHARE_WEIGHT / (FULL_SHARE_WEIGHT + NO_UPDATES_WEIGHT), rel=1e-12
+    )
     assert without_ghost == pytest.approx(1.0, rel=1e-12)
     for policy in SCHEDULERS.values():
         chosen = policy(counts, {"a": 0, "ghost": 0}, {"e1": 5}, 5, seed=1)
@@ -486,13 +486,12 @@ def test_sufficient_only_matches_plain(instance):
 @given(instances())
 def test_balanced_only_matches_plain(instance):
     counts, cumulative_updates, edge_capacity, budget, *_ = instance
-    past = lambda c: cumulative_updates.get(c, 0)  # noqa: E731
     expected = plain_two_stage(
         counts,
         edge_capacity,
         budget,
-        edge_rank=lambda k, c: (past(c), c),
-        server_rank=lambda k, c: (past(c), k, c),
+        edge_rank=lambda k, c: (cumulative_updates.get(c, 0), c),
+        server_rank=lambda k, c: (cumulative_updates.get(c, 0), k, c),
     )
 
     assert balanced_only(counts, cumulative_updates, edge_capacity, budget) == expected

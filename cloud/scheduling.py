@@ -65,11 +65,12 @@ DEFAULT_EPSILON = 1e-6
 """ε in V_c = log(1 + 1/(π_c + ε)): keeps V finite for a class with no updates yet (V = log(1 + 10⁶) ≈ 13.8)."""
 
 GAIN_TIE_TOLERANCE = 1e-9
-"""Relative tolerance on SMG's marginal gains, scaled by α + β.
+"""Tolerance on SMG's marginal gains, per unit of α + β.
 
 Gains closer than this count as equal and go to the tie-break order, and a gain at or
-below it counts as no gain. Rounding in how a gain is computed (about 1e-15) then
-cannot change which pair SMG picks or when it stops.
+below it counts as no gain. Different ways of computing a gain differ by rounding
+(about 1e-15), so they pick the same pairs unless two gains differ by almost exactly
+the tolerance.
 """
 
 _PYTHON_MAX_GROUPS = 24
@@ -245,6 +246,16 @@ class SchedulingProblem:
         return [(self.edges[edges[p]], self.classes[classes[p]]) for p in positions]
 
 
+def check_parameters(comm_budget: int, *, alpha: float, beta: float, epsilon: float) -> int:
+    """Validate the scalar scheduler parameters and return `comm_budget` as an int.
+
+    Raises ValueError when the budget is negative, α or β is negative or not finite,
+    or ε is not a finite number > 0, and TypeError when the budget is not an integer.
+    """
+    _check_weights(alpha, beta, epsilon)
+    return _non_negative_int(comm_budget, "comm_budget")
+
+
 def objective(
     selection: Sequence[Pair],
     counts: Mapping[str, Mapping[str, int]],
@@ -292,9 +303,13 @@ def smg(
     Because V̄ depends only on the per-class update counts, all pairs of a class share
     the class-balance part of the gain, and within a class the pair with the largest
     N gains the most. Classes with the same (B_c + κ_c, κ_c) share the whole balance
-    part, so each step scores one group of such classes at a time, and only the best
-    pair of each group, kept in a heap. The step costs O(G) vectorised work for G
-    groups (at most C) plus O(log C) heap updates.
+    part, so each step scores each such group once, with the group's best pair taken
+    from a heap. A step costs O(G) for G groups (at most C) plus O(log C) heap updates.
+
+    NOTE: G is small when the B_c take few distinct values, as in the first round or
+    after balanced rounds. With hundreds of groups (B_c spread over a wide range), a
+    2,000-update round of 1,000 classes took about 95 ms of CPU time on a loaded
+    2-core VM, against about 45 ms for the first round.
     """
     budget = check_parameters(comm_budget, alpha=alpha, beta=beta, epsilon=epsilon)
     problem = SchedulingProblem.from_inputs(counts, cumulative_updates, edge_capacity)
@@ -770,7 +785,8 @@ def _sort_order(keys: Sequence[np.ndarray]) -> np.ndarray:
     The keys must together be unique per element (every caller's last keys identify
     the pair), so the order does not depend on the sort algorithm. When the key
     ranges fit in one int64, the keys are packed into one number and sorted once:
-    about 2 ms against 8 ms for np.lexsort on 20,000 pairs with three keys.
+    1.2 ms against 4 ms for np.lexsort on 20,000 pairs with three keys, measured on
+    a 2-core x86_64 VM.
     """
     if not keys or keys[0].size == 0:
         return np.zeros(0, dtype=np.intp)
@@ -830,16 +846,6 @@ def _non_negative_int(value: Any, name: str) -> int:
     if number < 0:
         raise ValueError(f"{name} must be >= 0, got {number}")
     return number
-
-
-def check_parameters(comm_budget: int, *, alpha: float, beta: float, epsilon: float) -> int:
-    """Validate the scalar scheduler parameters and return `comm_budget` as an int.
-
-    Raises ValueError when the budget is negative, α or β is negative or not finite,
-    or ε is not a finite number > 0, and TypeError when the budget is not an integer.
-    """
-    _check_weights(alpha, beta, epsilon)
-    return _non_negative_int(comm_budget, "comm_budget")
 
 
 def _check_weights(alpha: float, beta: float, epsilon: float) -> None:

@@ -138,7 +138,7 @@ def instances(draw, max_edges=4, max_classes=5):
     return counts, cumulative_updates, edge_capacity, budget, alpha, beta, epsilon
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_smg_matches_reference(instance):
     counts, cumulative_updates, edge_capacity, budget, alpha, beta, epsilon = instance

@@ -1,4 +1,4 @@
-"""The online stream: which edge holds which class, and which samples arrive when.
+"""The online stream: which classes each edge has, and which samples arrive when.
 
 Training samples reach the edges in packets, one per edge per round. Classes are spread
 over the edges in a structured non-IID layout: every edge has the same number of

@@ -2,9 +2,10 @@
 
 Each sample is a scene seen by a pinhole camera that looks down at a flat plate about
 0.4 m away. One object, a height field a few centimetres tall, rests on the plate.
-The organized point cloud is the back-projected depth map in metres, with Gaussian depth
-noise and missing points (0, 0, 0) where a structured-light sensor loses them: at depth
-jumps, in the projector's shadow next to tall objects, and sparsely at random.
+The organized point cloud is the back-projected depth map in metres with Gaussian depth
+noise. Points are missing, stored as (0, 0, 0), where a structured-light sensor loses
+them: on steep depth jumps, in the projector's shadow next to tall objects, and sparsely
+at random.
 
 The RGB image is rendered from the same geometry: Lambertian shading of the surface
 normals under a slightly jittered light, times the albedo of the object's texture. 2D

@@ -21,6 +21,7 @@ import numpy as np
 from cloud.aggregation import aggregate_class
 from cloud.bank import ModelBank
 from cloud.evaluation import Evaluator
+from cloud.exact import optimality_gap
 from cloud.reports import RoundReporter
 from cloud.scheduling import SCHEDULERS
 from modiad.codec import TensorSpec, check_tensors, decode, encode
@@ -43,6 +44,13 @@ __all__ = ["Coordinator"]
 
 logger = logging.getLogger(__name__)
 
+GAP_MAX_FEASIBLE_SETS = 2**17
+"""Largest instance (feasible selections) whose exact optimum is computed for the gap.
+
+The 5-edge, 10-class stream with Γ_k^cop = 2 stays below it. Larger fleets skip
+the gap, because the exact search time grows with the number of selections.
+"""
+
 
 @dataclass
 class _RoundState:
@@ -57,6 +65,7 @@ class _RoundState:
     train_started_at: float = 0.0
     duplicates: int = 0
     rejected_at_open: int = 0
+    optimality_gap: float | None = None
 
 
 class Coordinator:
@@ -242,25 +251,38 @@ class Coordinator:
         return False
 
     def schedule(self, statuses: dict[str, StatusHeader]) -> list[tuple[str, str]]:
-        """Choose the (edge, class) pairs to update from the live edges' reports."""
+        """Choose the (edge, class) pairs to update from the live edges' reports.
+
+        Also records how far the choice is from the best selection under the same
+        objective, when the instance is small enough for an exact search.
+        """
         counts = {edge_id: dict(status.counts) for edge_id, status in sorted(statuses.items())}
         capacity = {edge_id: status.capacity for edge_id, status in sorted(statuses.items())}
         for edge_counts in counts.values():
             for class_name in edge_counts:
                 self.bank.ensure_class(class_name)
-        policy = SCHEDULERS[self.settings.scheduling.policy]
         scheduling = self.settings.scheduling
+        weights = {"alpha": scheduling.alpha, "beta": scheduling.beta, "epsilon": scheduling.epsilon}
+        cumulative = self.bank.cumulative_updates()
         assert self.round is not None
-        return policy(
+
+        policy = SCHEDULERS[scheduling.policy]
+        selection = policy(
             counts,
-            self.bank.cumulative_updates(),
+            cumulative,
             capacity,
             scheduling.comm_budget,
-            alpha=scheduling.alpha,
-            beta=scheduling.beta,
-            epsilon=scheduling.epsilon,
             seed=self.settings.seed * 1_000_003 + self.round.index,
+            **weights,
         )
+        try:
+            self.round.optimality_gap = optimality_gap(
+                selection, counts, cumulative, capacity, scheduling.comm_budget,
+                max_sets=GAP_MAX_FEASIBLE_SETS, **weights,
+            )
+        except ValueError as error:
+            logger.debug("round %d: optimality gap not computed: %s", self.round.index, error)
+        return selection
 
     def _schedule_and_assign(self) -> None:
         assert self.round is not None
@@ -355,6 +377,7 @@ class Coordinator:
             "selection": [list(pair) for pair in self.round.selection],
             "updated_classes": updated,
             "missing_updates": [list(pair) for pair in missing],
+            "optimality_gap": self.round.optimality_gap,
             "duplicates_ignored": self.round.duplicates,
             "rejected_messages": self.rejections.total - self.round.rejected_at_open,
             "cumulative_updates": self.bank.cumulative_updates(),

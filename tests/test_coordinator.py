@@ -288,3 +288,44 @@ def test_restarted_cloud_resumes_after_last_completed_round(tmp_path):
 
     assert second.round.index == 2
     assert restored.classes["disc"].updates == 1
+
+
+def test_class_first_seen_mid_run_enters_with_zero_updates(tmp_path):
+    fleet = _started_fleet(tmp_path, expected_edges=["edge-1"], rounds=2)
+    fleet.online("edge-1")
+    fleet.pump()
+    fleet.status("edge-1", 1, {"disc": 5})
+    fleet.pump()
+    fleet.update("edge-1", "disc", 1, 1.0)
+    fleet.pump()
+    assert "ring" not in fleet.bank.classes
+
+    fleet.status("edge-1", 2, {"disc": 5, "ring": 1})
+    fleet.pump()
+
+    assert fleet.bank.classes["ring"].updates == 0
+    assert fleet.bank.classes["ring"].version == 0
+    assert fleet.bank.cumulative_updates() == {"disc": 1, "ring": 0}
+
+
+def test_round_log_records_optimality_gap(tmp_path):
+    from cloud.reports import RoundReporter
+
+    fleet = Fleet(tmp_path, expected_edges=["edge-1", "edge-2"], rounds=1)
+    fleet.coordinator.reporter = RoundReporter(tmp_path / "results")
+    fleet.coordinator.start()
+    fleet.online("edge-1")
+    fleet.online("edge-2")
+    fleet.pump()
+    fleet.status("edge-1", 1, {"disc": 5, "ring": 3})
+    fleet.status("edge-2", 1, {"disc": 4})
+    fleet.pump()
+    for edge_id, class_name in fleet.coordinator.round.selection:
+        fleet.update(edge_id, class_name, 1, 1.0)
+    fleet.pump()
+
+    import json
+
+    summary = json.loads((tmp_path / "results" / "rounds.jsonl").read_text().splitlines()[0])
+    assert summary["optimality_gap"] is not None
+    assert 0.0 <= summary["optimality_gap"] <= 1.0

@@ -255,7 +255,8 @@ def _read_png(path: Path) -> Image.Image:
 
 def _read_rgb(path: Path) -> np.ndarray:
     image = _read_png(path)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    # np.array copies: np.asarray on a Pillow image is read-only, and torch warns on those.
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def _read_xyz(path: Path) -> np.ndarray:

@@ -86,6 +86,8 @@ def test_read_sample_matches_rendering(dataset_root):
         sample = read_sample(ref)
 
         assert sample.sample_id == ref.sample_id
+        assert sample.rgb.flags.writeable
+        assert sample.xyz.flags.writeable
         assert sample.rgb.dtype == np.uint8
         assert sample.xyz.dtype == np.float32
         np.testing.assert_array_equal(sample.rgb, expected.rgb)

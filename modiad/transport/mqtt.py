@@ -11,9 +11,10 @@ wait (see `ReconnectBackoff`), logs before each retry, and resubscribes every fi
 once connected. Brokers resend retained messages on every subscription, so handlers
 see retained messages again after each reconnect.
 
-NOTE: paho acknowledges a QoS 1 message as soon as it arrives, before `poll` hands it
-to a handler, so messages still queued for `poll` when the process dies are lost.
-paho's manual_ack mode could close this gap.
+Inbound QoS 1 messages are acknowledged to the broker only after `poll` has handed
+them to their handlers (paho's manual_ack mode), so a message still queued when the
+process dies is redelivered to the restarted client. Handlers therefore must accept
+duplicates, which every MODIAD node does by message id.
 """
 
 from __future__ import annotations
@@ -211,7 +212,9 @@ class MqttTransport(Transport):
         self.rejected_oversize = 0
 
         self._client: paho.Client | None = None
-        self._inbound: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        # Items: (topic, payload, mid, qos, connection generation); see `_acknowledge`.
+        self._inbound: queue.Queue[tuple[str, bytes, int, int, int]] = queue.Queue()
+        self._generation = 0
         self._backoff = ReconnectBackoff(settings.reconnect_min_delay_s, settings.reconnect_max_delay_s)
         self._retry_armed = False
         self._connected = False
@@ -392,10 +395,21 @@ class MqttTransport(Transport):
                 break
 
         delivered = 0
-        for topic, payload in batch:
+        for topic, payload, mid, qos, generation in batch:
             if self._dispatch(topic, payload):
                 delivered += 1
+            self._acknowledge(mid, qos, generation)
         return delivered
+
+    def _acknowledge(self, mid: int, qos: int, generation: int) -> None:
+        """Send the PUBACK of a handled message, unless its connection is gone.
+
+        Message ids are per connection: after a reconnect the broker redelivers the
+        unacknowledged message with a new id, so an old id must not be acknowledged.
+        """
+        if qos == 0 or generation != self._generation or self._client is None:
+            return
+        self._client.ack(mid, qos)
 
     # -- connection set-up ---------------------------------------------------------------
 
@@ -406,6 +420,7 @@ class MqttTransport(Transport):
             client_id=self.client_id,
             clean_session=not persistent,
             protocol=paho.MQTTv311,
+            manual_ack=True,
         )
         # paho 2.2 logs a routine "Client is not connected" at ERROR after every lost
         # connection, so its own log is attached only when someone debugs it.
@@ -553,6 +568,7 @@ class MqttTransport(Transport):
             self._connack.set()
             return
 
+        self._generation += 1
         self._connected = True
         self._backoff.reset()
         logger.info(
@@ -611,6 +627,7 @@ class MqttTransport(Transport):
             topic = message.topic
         except UnicodeDecodeError:
             logger.warning("client %s: dropped a message whose topic is not valid UTF-8", self.client_id)
+            client.ack(message.mid, message.qos)
             return
 
         size = len(message.payload)
@@ -624,9 +641,10 @@ class MqttTransport(Transport):
                 self.settings.max_payload_bytes,
                 self.rejected_oversize,
             )
+            client.ack(message.mid, message.qos)
             return
 
-        self._inbound.put((topic, bytes(message.payload)))
+        self._inbound.put((topic, bytes(message.payload), message.mid, message.qos, self._generation))
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: list[Any], properties: Any) -> None:
         resubscribed = self._resubscribe_mids.pop(mid, None)

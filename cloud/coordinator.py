@@ -24,8 +24,9 @@ from cloud.evaluation import Evaluator
 from cloud.exact import optimality_gap
 from cloud.reports import RoundReporter
 from cloud.scheduling import SCHEDULERS
-from modiad.codec import TensorSpec, check_tensors, decode, encode
+from modiad.codec import TensorSpec, check_tensors, encode
 from modiad.errors import ProtocolError
+from modiad.inbound import InboundDecoder
 from modiad.mapper import expected_shapes
 from modiad.protocol import (
     AssignmentHeader,
@@ -96,7 +97,7 @@ class Coordinator:
         self.round: _RoundState | None = None
         self.last_metrics: dict[str, float] = {}
         self._started_at = 0.0
-        self._seen_ids: set[str] = set()
+        self._inbound = InboundDecoder(self.rejections, settings.max_payload_bytes)
 
     @property
     def finished(self) -> bool:
@@ -137,18 +138,11 @@ class Coordinator:
     # -- inbound handlers ----------------------------------------------------------
 
     def _decode(self, topic: str, payload: bytes, header_model: type) -> tuple | None:
-        try:
-            header, tensors = decode(payload, header_model, max_payload_bytes=self.settings.max_payload_bytes)
-        except ProtocolError as error:
-            self.rejections.reject(header_model.__name__, topic, str(error))
-            return None
-        if header.message_id in self._seen_ids:
-            if self.round is not None:
-                self.round.duplicates += 1
-            logger.debug("duplicate message %s on %s ignored", header.message_id, topic)
-            return None
-        self._seen_ids.add(header.message_id)
-        return header, tensors
+        duplicates_before = self._inbound.duplicates
+        decoded = self._inbound.decode(topic, payload, header_model)
+        if self.round is not None:
+            self.round.duplicates += self._inbound.duplicates - duplicates_before
+        return decoded
 
     def _on_online(self, topic: str, payload: bytes) -> None:
         decoded = self._decode(topic, payload, OnlineHeader)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from edge.buffer import SampleBuffer
-from modiad.codec import TensorSpec, check_tensors, decode, encode
+from modiad.codec import TensorSpec, check_tensors, encode
 from modiad.errors import ProtocolError
 from modiad.features.base import FeatureExtractor
+from modiad.inbound import InboundDecoder
 from modiad.mapper import MapperPair, expected_shapes, load_pair_state, pair_state
 from modiad.protocol import (
     AssignmentHeader,
@@ -41,10 +42,6 @@ from modiad.transport.base import Transport
 __all__ = ["EdgeNode", "offline_will"]
 
 logger = logging.getLogger(__name__)
-
-SEEN_MESSAGE_IDS_KEPT = 10_000
-"""Message ids remembered for QoS 1 duplicate suppression; older ids are forgotten first."""
-
 
 def offline_will(topics: Topics, edge_id: str) -> tuple[str, bytes, bool]:
     """Return the (topic, payload, retain) last-will that marks this edge offline."""
@@ -73,7 +70,7 @@ class EdgeNode:
         self.extractions = 0
         self.updates_sent = 0
 
-        self._seen_ids: dict[str, None] = {}
+        self._inbound = InboundDecoder(self.rejections, settings.max_payload_bytes)
         self._packets: dict[int, list[str]] = {}
         self._rejected_samples: set[str] = set()
         self._pending_status_round: int | None = None
@@ -123,21 +120,7 @@ class EdgeNode:
     # -- inbound handlers ----------------------------------------------------------
 
     def _decode(self, topic: str, payload: bytes, header_model: type) -> tuple | None:
-        try:
-            header, tensors = decode(payload, header_model, max_payload_bytes=self.settings.max_payload_bytes)
-        except ProtocolError as error:
-            self.rejections.reject(header_model.__name__, topic, str(error))
-            return None
-        if header.message_id in self._seen_ids:
-            logger.debug("duplicate message %s on %s ignored", header.message_id, topic)
-            return None
-        self._remember(header.message_id)
-        return header, tensors
-
-    def _remember(self, message_id: str) -> None:
-        self._seen_ids[message_id] = None
-        if len(self._seen_ids) > SEEN_MESSAGE_IDS_KEPT:
-            del self._seen_ids[next(iter(self._seen_ids))]
+        return self._inbound.decode(topic, payload, header_model)
 
     def _on_sample(self, topic: str, payload: bytes) -> None:
         decoded = self._decode(topic, payload, SampleHeader)

@@ -48,6 +48,10 @@ def _build_parser() -> argparse.ArgumentParser:
             service.add_argument(
                 "--exit-when-finished", action="store_true", help="exit when the cloud announces its last round"
             )
+
+    from modiad.datacli import add_data_parser
+
+    add_data_parser(commands)
     return parser
 
 
@@ -116,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if arguments.command == "demo":
             return _run_demo(arguments)
+        if arguments.command == "data":
+            from modiad.datacli import run_data
+
+            configure_logging("INFO", "data")
+            return run_data(arguments)
         return _run_service(arguments)
     except ModiadError as error:
         print(f"modiad {arguments.command}: error: {error}", file=sys.stderr)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,12 @@ from modiad.sample import Sample
 
 __all__ = [
     "SPLITS",
+    "ClassCounts",
+    "DatasetCheck",
+    "DatasetProblem",
     "SampleRef",
+    "check_dataset",
+    "format_check",
     "list_classes",
     "list_samples",
     "load_split",
@@ -296,3 +301,210 @@ def _read_test_mask(ref: SampleRef, image_shape: tuple[int, int]) -> np.ndarray:
             "The rgb, xyz and gt files of one sample must have the same size."
         )
     return (mask >= _GT_THRESHOLD).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------
+# Tree check: every problem with its path, instead of stopping at the first one
+
+
+@dataclass(frozen=True)
+class DatasetProblem:
+    """One problem found by `check_dataset`: the offending path and what is wrong."""
+
+    path: Path
+    message: str
+
+
+@dataclass
+class ClassCounts:
+    """Sample counts of one class, in the columns of the dataset papers' tables.
+
+    `sizes` contains every distinct image size seen, as (width, height) in pixels.
+    """
+
+    train: int = 0
+    validation: int = 0
+    test_good: int = 0
+    test_defect: int = 0
+    defect_types: list[str] = field(default_factory=list)
+    sizes: set[tuple[int, int]] = field(default_factory=set)
+
+
+@dataclass
+class DatasetCheck:
+    """Result of `check_dataset`: counts per class and every problem found."""
+
+    root: Path
+    counts: dict[str, ClassCounts] = field(default_factory=dict)
+    problems: list[DatasetProblem] = field(default_factory=list)
+
+
+def check_dataset(root: str | Path, *, read_files: bool = False) -> DatasetCheck:
+    """Validate a tree in the MVTec 3D-AD layout and count its samples per class and split.
+
+    Unlike the reader, the check does not stop at the first problem: it records each one
+    with its path. It reports missing splits and rgb/xyz folders, unpaired rgb and xyz
+    files, defect samples without a mask, unreadable headers, xyz that is not float32
+    H×W×3, and size mismatches between rgb, xyz and gt. Only image headers are read,
+    unless `read_files` is True, which also decodes every sample with `read_sample` and
+    so finds truncated files, at the cost of reading the whole dataset.
+    """
+    root_path = Path(root)
+    check = DatasetCheck(root=root_path)
+    try:
+        classes = list_classes(root_path)
+    except DatasetError as error:
+        check.problems.append(DatasetProblem(root_path, str(error)))
+        return check
+
+    for class_name in classes:
+        counts = ClassCounts()
+        check.counts[class_name] = counts
+        for split in SPLITS:
+            _check_split(root_path, class_name, split, counts, check.problems, read_files)
+    return check
+
+
+def format_check(check: DatasetCheck) -> str:
+    """Format the counts as a table in the style of the dataset papers, then the problems."""
+    header = ("class", "train", "validation", "test good", "test defect", "defect types", "size (W×H)")
+    rows = []
+    for class_name, counts in check.counts.items():
+        sizes = ", ".join(f"{width}×{height}" for width, height in sorted(counts.sizes)) or "-"
+        rows.append((class_name, counts.train, counts.validation, counts.test_good, counts.test_defect,
+                     len(counts.defect_types), sizes))
+    if rows:
+        totals = [sum(row[column] for row in rows) for column in range(1, 5)]
+        rows.append(("total", *totals, len({d for c in check.counts.values() for d in c.defect_types}), ""))
+
+    widths = [max(len(str(value)) for value in column) for column in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(value).ljust(width) if index == 0 else str(value).rjust(width)
+                       for index, (value, width) in enumerate(zip(row, widths, strict=True)))
+             for row in (header, *rows)]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+
+    if check.problems:
+        lines.append("")
+        lines.append(f"{len(check.problems)} problems found:")
+        lines.extend(f"  {problem.path}: {problem.message}" for problem in check.problems)
+    else:
+        lines.append("")
+        lines.append("no problems found")
+    return "\n".join(lines)
+
+
+def _check_split(
+    root: Path, class_name: str, split: str, counts: ClassCounts, problems: list[DatasetProblem], read_files: bool
+) -> None:
+    split_dir = root / class_name / split
+    if not split_dir.is_dir():
+        problems.append(DatasetProblem(split_dir, f"missing {split} split folder"))
+        return
+
+    for defect_dir in sorted(entry for entry in split_dir.iterdir() if entry.is_dir()):
+        if split != "test" and defect_dir.name != _GOOD:
+            problems.append(DatasetProblem(defect_dir, f"unexpected folder: the {split} split contains only good"))
+            continue
+        stems = _check_defect_folder(defect_dir, split, counts, problems, read_files)
+        if split == "train":
+            counts.train += stems
+        elif split == "validation":
+            counts.validation += stems
+        elif defect_dir.name == _GOOD:
+            counts.test_good += stems
+        else:
+            counts.test_defect += stems
+            if stems:
+                counts.defect_types.append(defect_dir.name)
+
+
+def _check_defect_folder(
+    defect_dir: Path, split: str, counts: ClassCounts, problems: list[DatasetProblem], read_files: bool
+) -> int:
+    """Check one defect folder and return its count of complete rgb/xyz pairs."""
+    rgb_dir, xyz_dir, gt_dir = defect_dir / "rgb", defect_dir / "xyz", defect_dir / "gt"
+    for folder in (rgb_dir, xyz_dir):
+        if not folder.is_dir():
+            problems.append(DatasetProblem(folder, "missing folder"))
+    if not (rgb_dir.is_dir() and xyz_dir.is_dir()):
+        return 0
+
+    rgb_stems = {path.stem for path in rgb_dir.glob(f"*{_RGB_SUFFIX}")}
+    xyz_stems = {path.stem for path in xyz_dir.glob(f"*{_XYZ_SUFFIX}")}
+    for stem in sorted(rgb_stems - xyz_stems):
+        problems.append(DatasetProblem(rgb_dir / f"{stem}{_RGB_SUFFIX}", f"missing point cloud xyz/{stem}{_XYZ_SUFFIX}"))
+    for stem in sorted(xyz_stems - rgb_stems):
+        problems.append(DatasetProblem(xyz_dir / f"{stem}{_XYZ_SUFFIX}", f"missing image rgb/{stem}{_RGB_SUFFIX}"))
+
+    paired = sorted(rgb_stems & xyz_stems)
+    for stem in paired:
+        gt_path = gt_dir / f"{stem}{_GT_SUFFIX}"
+        if split == "test" and defect_dir.name != _GOOD and not gt_path.is_file():
+            problems.append(DatasetProblem(gt_path, "missing defect mask"))
+        _check_headers(rgb_dir / f"{stem}{_RGB_SUFFIX}", xyz_dir / f"{stem}{_XYZ_SUFFIX}",
+                       gt_path if split == "test" and gt_path.is_file() else None, counts, problems)
+
+    if read_files:
+        _check_decoding(defect_dir, split, paired, problems)
+    return len(paired)
+
+
+def _check_headers(
+    rgb_path: Path, xyz_path: Path, gt_path: Path | None, counts: ClassCounts, problems: list[DatasetProblem]
+) -> None:
+    rgb_size = _image_size(rgb_path, problems)
+    if rgb_size is not None:
+        counts.sizes.add(rgb_size)
+
+    xyz_size = None
+    try:
+        with tifffile.TiffFile(xyz_path) as tiff:
+            page = tiff.pages[0]
+            shape, dtype = page.shape, page.dtype
+        if len(shape) != 3 or shape[2] != 3:
+            problems.append(DatasetProblem(xyz_path, f"invalid point cloud: expected shape H×W×3, got {shape}"))
+        elif dtype != np.float32:
+            problems.append(DatasetProblem(xyz_path, f"invalid point cloud: expected float32, got {dtype}"))
+        else:
+            xyz_size = (shape[1], shape[0])
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as error:
+        problems.append(DatasetProblem(xyz_path, f"unreadable point cloud: {error}"))
+
+    if rgb_size is not None and xyz_size is not None and rgb_size != xyz_size:
+        problems.append(DatasetProblem(
+            xyz_path, f"size mismatch: xyz is {xyz_size[0]}×{xyz_size[1]} but rgb is {rgb_size[0]}×{rgb_size[1]}"
+        ))
+    if gt_path is not None:
+        gt_size = _image_size(gt_path, problems)
+        if rgb_size is not None and gt_size is not None and gt_size != rgb_size:
+            problems.append(DatasetProblem(
+                gt_path, f"size mismatch: mask is {gt_size[0]}×{gt_size[1]} but rgb is {rgb_size[0]}×{rgb_size[1]}"
+            ))
+
+
+def _image_size(path: Path, problems: list[DatasetProblem]) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        problems.append(DatasetProblem(path, f"unreadable image: {error}"))
+        return None
+
+
+def _check_decoding(defect_dir: Path, split: str, stems: list[str], problems: list[DatasetProblem]) -> None:
+    class_name = defect_dir.parent.parent.name
+    for stem in stems:
+        gt_path = defect_dir / "gt" / f"{stem}{_GT_SUFFIX}" if split == "test" else None
+        ref = SampleRef(
+            sample_id=f"{class_name}/{split}/{defect_dir.name}/{stem}",
+            class_name=class_name,
+            split=split,
+            defect_type=defect_dir.name,
+            rgb_path=defect_dir / "rgb" / f"{stem}{_RGB_SUFFIX}",
+            xyz_path=defect_dir / "xyz" / f"{stem}{_XYZ_SUFFIX}",
+            gt_path=gt_path,
+        )
+        try:
+            read_sample(ref)
+        except DatasetError as error:
+            problems.append(DatasetProblem(ref.rgb_path, f"failed to read sample: {error}"))

@@ -500,7 +500,7 @@ class _MarginalGainSearch:
         self._free_slots: list[int] = []
         self._slots_used = used
         self._vectorised = False
-        self._view_length = -1
+        self._view_length = (-1, -1)
 
         self._slot_heap: list[list[tuple[int, int, int, int]]] = [[] for _ in range(slots)]
         for c, p in enumerate(self._head):
@@ -511,20 +511,61 @@ class _MarginalGainSearch:
             self._refresh_top(slot)
 
     def _start_vectorised(self) -> None:
-        """Copy the group table into numpy arrays and keep them in step from now on."""
-        updates = np.asarray(self._slot_updates)
-        # Per slot: (u, u + 1) in a row, so the first n slots are one contiguous block,
-        # and the group's size and Σ κ over its classes in a column.
-        self._updates_pair = np.stack([updates, updates + 1.0], axis=1)
+        """Copy the group table into numpy arrays and keep them in step from now on.
+
+        Many groups share an update count u (they differ in κ), so w is computed once per
+        distinct u in a value slot, and each group reads w(u) and w(u + 1) from the value
+        slots of u and u + 1. Value slot 0 is a sentinel with w ≈ 0 for unused groups.
+        """
+        slots = len(self._slot_updates)
+        values = 2 * slots + 1
+        self._value_updates = np.full(values, _EMPTY_GROUP_UPDATES)
+        self._value_weights = np.empty(values)
+        self._value_of_updates: dict[int, int] = {}
+        self._value_references = [0] * values
+        self._free_values: list[int] = []
+        self._values_used = 1
+        self._group_value_now = np.zeros(slots, dtype=np.intp)
+        self._group_value_next = np.zeros(slots, dtype=np.intp)
+        for slot, key in enumerate(self._slot_key):
+            if key is not None:
+                self._attach_values(slot, key[0])
+
+        # Rows: the group's size and Σ κ over its classes.
         self._group_totals = np.asarray([self._slot_size, self._slot_added_total], dtype=np.float64)
         self._group_added = np.asarray(self._slot_added, dtype=np.float64)
         self._group_top = np.asarray(self._slot_top)
-        slots = updates.size
-        self._weights = np.empty((slots, 2))
         self._difference = np.empty(slots)
         self._denominator = np.empty(slots)
         self._score = np.empty(slots)
         self._vectorised = True
+
+    def _attach_values(self, slot: int, updates: int) -> None:
+        self._group_value_now[slot] = self._acquire_value(updates)
+        self._group_value_next[slot] = self._acquire_value(updates + 1)
+
+    def _detach_values(self, slot: int) -> None:
+        for value_slots in (self._group_value_now, self._group_value_next):
+            value = int(value_slots[slot])
+            value_slots[slot] = 0
+            self._value_references[value] -= 1
+            if self._value_references[value] == 0:
+                del self._value_of_updates[int(self._value_updates[value])]
+                self._value_updates[value] = _EMPTY_GROUP_UPDATES
+                self._free_values.append(value)
+
+    def _acquire_value(self, updates: int) -> int:
+        value = self._value_of_updates.get(updates)
+        if value is None:
+            if self._free_values:
+                value = self._free_values.pop()
+            else:
+                value = self._values_used
+                self._values_used += 1
+            self._value_of_updates[updates] = value
+            self._value_updates[value] = updates
+        self._value_references[value] += 1
+        return value
 
     def _slot_for(self, key: tuple[int, int]) -> int:
         slot = self._slot_of_key.get(key)
@@ -541,8 +582,7 @@ class _MarginalGainSearch:
         self._slot_updates[slot] = float(updates)
         self._slot_added[slot] = added
         if self._vectorised:
-            self._updates_pair[slot, 0] = updates
-            self._updates_pair[slot, 1] = updates + 1
+            self._attach_values(slot, updates)
             self._group_added[slot] = added
         return slot
 
@@ -579,7 +619,7 @@ class _MarginalGainSearch:
         self._slot_added[slot] = 0
         self._slot_top[slot] = -math.inf
         if self._vectorised:
-            self._updates_pair[slot] = _EMPTY_GROUP_UPDATES
+            self._detach_values(slot)
             self._group_added[slot] = 0.0
             self._group_top[slot] = -np.inf
         self._free_slots.append(slot)
@@ -659,29 +699,46 @@ class _MarginalGainSearch:
 
     def _score_vectorised(self, n: int) -> tuple[int, float, float]:
         """Score the groups with numpy, the same formula as `_score_python`."""
-        if n != self._view_length:
-            self._view_length = n
-            weights = self._weights[:n]
+        m = self._values_used
+        if (n, m) != self._view_length:
+            self._view_length = (n, m)
             self._views = (
-                self._updates_pair[:n],
-                weights,
-                weights[:, 0],
-                weights[:, 1],
-                self._group_totals[:, :n],
+                self._value_updates[:m],
+                self._value_weights[:m],
+                self._group_value_now[:n],
+                self._group_value_next[:n],
+                self._group_totals[0, :n],
+                self._group_totals[1, :n],
                 self._group_added[:n],
                 self._group_top[:n],
                 self._difference[:n],
                 self._denominator[:n],
                 self._score[:n],
             )
-        updates_pair, weights, weight_now, weight_next, totals, added, top, difference, denominator, score = self._views
+        (
+            value_updates,
+            value_weights,
+            value_now,
+            value_next,
+            sizes,
+            added_totals,
+            added,
+            top,
+            difference,
+            denominator,
+            score,
+        ) = self._views
 
-        # w(u) = log(1 + 1/(u/(T+1) + ε)) = log1p((T+1) / (u + ε(T+1))), for u and u + 1.
+        # w(u) = log(1 + 1/(u/(T+1) + ε)) = log1p((T+1) / (u + ε(T+1))) per distinct u.
         total = self._total_updates + 1.0
-        np.add(updates_pair, self._epsilon * total, out=weights)
-        np.divide(total, weights, out=weights)
-        np.log1p(weights, out=weights)
-        balance_sum, weighted_sum = (totals @ weight_now).tolist()
+        np.add(value_updates, self._epsilon * total, out=value_weights)
+        np.divide(total, value_weights, out=value_weights)
+        np.log1p(value_weights, out=value_weights)
+        # Indexing is cheaper than np.take(..., out=) for a few hundred groups.
+        weight_now = self._value_weights[value_now]
+        weight_next = self._value_weights[value_next]
+        balance_sum = float(sizes.dot(weight_now))
+        weighted_sum = float(added_totals.dot(weight_now))
 
         np.subtract(weight_next, weight_now, out=difference)
         np.add(difference, balance_sum, out=denominator)

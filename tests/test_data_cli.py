@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,8 @@ from PIL import Image
 from test_eyecandies import write_raw_class
 
 from modiad.cli import main
-from modiad.dataset import check_dataset
+from modiad.dataset import check_dataset, list_samples, read_sample
+from sensors_sim.mvtec import PreprocessSettings
 from sensors_sim.synthetic import DEFECT_TYPES, PROFILES
 
 CLASSES = ["dome", "ring"]
@@ -137,3 +140,36 @@ def test_generate_unknown_profile_exit_code(tmp_path, capsys):
 
     assert exit_code == 2
     assert "huge" in capsys.readouterr().err
+
+
+def test_preprocess_mvtec_defaults_then_check(generated_root, tmp_path, capsys):
+    cache = tmp_path / "cache"
+
+    assert main(["data", "preprocess-mvtec", str(generated_root), str(cache), "--classes", "dome"]) == 0
+    preprocess_output = capsys.readouterr().out
+    assert main(["data", "check", str(cache)]) == 0
+
+    sample_count = SMALL.train + SMALL.validation + SMALL.test_good + SMALL.test_per_defect * len(DEFECT_TYPES)
+    assert f"{sample_count} samples written" in preprocess_output
+    manifest = json.loads((cache / "preprocess.json").read_text())
+    assert manifest["settings"] == asdict(PreprocessSettings())
+
+
+def test_preprocess_mvtec_options_reach_settings(generated_root, tmp_path, capsys):
+    cache = tmp_path / "cache"
+
+    exit_code = main([
+        "data", "preprocess-mvtec", str(generated_root), str(cache), "--classes", "ring",
+        "--plane-distance-m", "0.002", "--keep-largest-cluster", "--image-size", "48", "--border-px", "4",
+    ])
+
+    assert exit_code == 0
+    settings = json.loads((cache / "preprocess.json").read_text())["settings"]
+    assert settings["plane_distance_m"] == 0.002
+    assert settings["keep_largest_cluster"] is True
+    assert settings["image_size"] == 48
+    assert settings["border_px"] == 4
+    sample = read_sample(list_samples(cache, "ring", "test")[-1])
+    assert sample.rgb.shape == (48, 48, 3)
+    assert sample.xyz.shape == (48, 48, 3)
+    assert sample.gt_mask.shape == (48, 48)

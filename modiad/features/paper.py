@@ -43,6 +43,7 @@ __all__ = [
     "PaperFeatureSettings",
     "PaperWeightPaths",
     "check_paper_weights",
+    "save_random_paper_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,31 @@ def check_paper_weights(settings: PaperFeatureSettings) -> PaperWeightPaths:
         raise WeightsError("the paper feature preset needs pretrained weights on local disk. " + "; ".join(problems))
     assert dino is not None and point_mae is not None
     return PaperWeightPaths(dino=dino, point_mae=point_mae)
+
+
+def save_random_paper_weights(weights_dir: Path, seed: int = 0) -> PaperWeightPaths:
+    """Write randomly initialised DINO ViT-B/8 and Point-MAE weights in the official file formats.
+
+    The files have the official names, keys and shapes (about 430 MB together), so
+    `PaperExtractor` loads them like the published weights. They serve tests and dry
+    runs of the pipeline only: their features carry no meaning.
+    """
+    import torch
+
+    from modiad.features.dino import DINO_WEIGHTS_FILENAME, build_dino
+    from modiad.features.pointmae import PointMAEEncoder
+
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    dino_path = weights_dir / DINO_WEIGHTS_FILENAME
+    torch.save(build_dino().state_dict(), dino_path)
+
+    # The official pretraining checkpoint wraps the encoder as module.MAE_encoder inside base_model.
+    encoder_state = PointMAEEncoder().state_dict()
+    base_model = {f"module.MAE_encoder.{key}": value for key, value in encoder_state.items()}
+    point_mae_path = weights_dir / POINT_MAE_WEIGHTS_FILENAME
+    torch.save({"base_model": base_model, "epoch": 0}, point_mae_path)
+    return PaperWeightPaths(dino=dino_path, point_mae=point_mae_path)
 
 
 def _configured_file(explicit: Path | None, weights_dir: Path | None, filename: str) -> Path | None:

@@ -24,8 +24,12 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run sensors, edges and the cloud on this machine and print the results")
     demo.add_argument("--output", type=Path, help="results folder (default: a new time-stamped folder under ./modiad-results/)")
     demo.add_argument("--broker", help="broker URL such as mqtt://127.0.0.1:1883 (default: start an embedded broker)")
-    demo.add_argument("--dataset", default="synthetic", choices=["synthetic", "mvtec3d"], help="dataset to replay")
-    demo.add_argument("--data-root", type=Path, help="dataset folder (default for synthetic: ./modiad-data/synthetic)")
+    demo.add_argument("--dataset", default="synthetic", choices=["synthetic", "mvtec3d", "eyecandies"], help="dataset to replay")
+    demo.add_argument("--data-root", type=Path, help="dataset folder (default for synthetic: ./modiad-data/synthetic; for eyecandies: the raw release, converted into a cache beside the output)")
+    demo.add_argument(
+        "--profile", default="demo", choices=["demo", "small"],
+        help="size of the generated synthetic set: demo (224 px, 40 training samples per class) or small (64 px, 6)",
+    )
     demo.add_argument("--rounds", type=int, default=10, help="rounds to run (default 10)")
     demo.add_argument("--edges", type=int, default=5, help="edge gateways (default 5)")
     demo.add_argument("--policy", default="smg", choices=["smg", "rs", "so", "bo"], help="scheduler (default smg)")
@@ -74,6 +78,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
         broker=arguments.broker,
         dataset=arguments.dataset,
         data_root=arguments.data_root,
+        profile=arguments.profile,
         rounds=arguments.rounds,
         edges=arguments.edges,
         policy=arguments.policy,

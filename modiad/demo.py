@@ -42,6 +42,7 @@ class DemoOptions:
     broker: str | None = None
     dataset: str = "synthetic"
     data_root: Path | None = None
+    profile: str = "demo"
     rounds: int = 10
     edges: int = 5
     policy: str = "smg"
@@ -99,6 +100,8 @@ def _prepare_output(output: Path | None) -> Path:
 
 
 def _prepare_dataset(options: DemoOptions) -> Path:
+    if options.dataset == "eyecandies":
+        return _prepare_eyecandies(options)
     if options.dataset != "synthetic":
         if options.data_root is None:
             raise ConfigError(f"--dataset {options.dataset} needs --data-root pointing at the dataset's folder")
@@ -111,9 +114,28 @@ def _prepare_dataset(options: DemoOptions) -> Path:
     root = (options.data_root or DEFAULT_DATA_ROOT).resolve()
     started = time.perf_counter()
     print(f"synthetic dataset: {root} (generated if missing)", flush=True)
-    generate_dataset(root, profile="demo", seed=options.seed)
+    generate_dataset(root, profile=options.profile, seed=options.seed)
     print(f"synthetic dataset ready in {time.perf_counter() - started:.1f} s", flush=True)
     return root
+
+
+def _prepare_eyecandies(options: DemoOptions) -> Path:
+    """Convert the raw Eyecandies release at --data-root into the MVTec 3D-AD layout.
+
+    The converted tree is a cache in `eyecandies-mvtec/` next to the results folder, so
+    later runs reuse it, and its conversion.json makes a changed source convert again.
+    """
+    from sensors_sim.eyecandies import convert_eyecandies
+
+    if options.data_root is None:
+        raise ConfigError("--dataset eyecandies needs --data-root pointing at the raw release (CandyCane/, ...)")
+    results_parent = Path(options.output).resolve().parent if options.output else RESULTS_PARENT.resolve()
+    cache = results_parent / "eyecandies-mvtec"
+    started = time.perf_counter()
+    print(f"Eyecandies: converting {options.data_root} into {cache} (reused if up to date)", flush=True)
+    convert_eyecandies(options.data_root, cache)
+    print(f"Eyecandies dataset ready in {time.perf_counter() - started:.1f} s", flush=True)
+    return cache
 
 
 def _write_configs(

@@ -1,0 +1,62 @@
+"""`modiad demo` as a user runs it: the console entry point in a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def _run_demo(*arguments: str, cwd, timeout_s: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "modiad.cli", "demo", *arguments],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_embedded_broker(tmp_path):
+    output = tmp_path / "results"
+    result = _run_demo(
+        "--profile", "small", "--rounds", "2", "--iterations", "5",
+        "--output", str(output), "--data-root", str(tmp_path / "data"),
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "embedded broker listening on 127.0.0.1:" in result.stdout
+    assert "round   2/2" in result.stdout
+    assert "mean" in result.stdout
+    results = json.loads((output / "results.json").read_text())
+    assert len(results["classes"]) == 10
+    for key in ("i_auroc", "aupro@0.3", "aupro@0.1", "aupro@0.05"):
+        assert 0.0 <= results["mean"][key] <= 1.0
+    assert (output / "results.csv").read_text().startswith("class,")
+    assert len((output / "rounds.jsonl").read_text().splitlines()) == 2
+
+
+def test_demo_with_missing_dataset_path_fails_clearly(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    result = _run_demo("--dataset", "mvtec3d", "--data-root", str(missing), "--output", str(tmp_path / "out"),
+                       cwd=tmp_path, timeout_s=120)
+
+    assert result.returncode == 2
+    assert str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_rejects_invalid_round_count(tmp_path):
+    result = _run_demo("--rounds", "0", cwd=tmp_path, timeout_s=120)
+
+    assert result.returncode == 2
+    assert "--rounds must be positive, got 0" in result.stderr

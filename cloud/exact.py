@@ -36,16 +36,19 @@ _SETS_PER_BATCH = 20_000
 Pair = tuple[str, str]
 
 
-def count_feasible_sets(problem: SchedulingProblem, comm_budget: int) -> int:
+def count_feasible_sets(problem: SchedulingProblem, comm_budget: int, stop_above: int | None = None) -> int:
     """Return the number of feasible selections, the empty one included.
 
-    An edge holding n candidate classes with capacity Γ contributes the polynomial
+    An edge with n candidate classes and capacity Γ contributes the polynomial
     Σ_{j ≤ Γ} C(n, j) x^j. The product over edges, cut at degree Γ^com, counts the
-    selections by size, and the sum of its coefficients counts them all.
+    selections by size, and the sum of its coefficients counts them all. The count
+    only grows as edges are multiplied in, so with `stop_above` set the function
+    returns as soon as a partial count exceeds it, and that partial count is a lower
+    bound of the full one.
     """
+    pairs_per_edge = np.bincount(problem.pair_edge, minlength=len(problem.edges)).tolist()
     by_size = [1]
-    for k, capacity in enumerate(problem.capacity.tolist()):
-        edge_pairs = int(np.count_nonzero(problem.pair_edge == k))
+    for edge_pairs, capacity in zip(pairs_per_edge, problem.capacity.tolist(), strict=True):
         edge_sizes = [math.comb(edge_pairs, j) for j in range(min(edge_pairs, capacity) + 1)]
         product = [0] * min(len(by_size) + len(edge_sizes) - 1, comm_budget + 1)
         for i, ways in enumerate(by_size):
@@ -53,6 +56,8 @@ def count_feasible_sets(problem: SchedulingProblem, comm_budget: int) -> int:
                 if i + j < len(product):
                     product[i + j] += ways * edge_ways
         by_size = product
+        if stop_above is not None and sum(by_size) > stop_above:
+            break
     return sum(by_size)
 
 
@@ -77,10 +82,10 @@ def exact_best(
     """
     budget = check_parameters(comm_budget, alpha=alpha, beta=beta, epsilon=epsilon)
     problem = SchedulingProblem.from_inputs(counts, cumulative_updates, edge_capacity)
-    feasible_sets = count_feasible_sets(problem, budget)
+    feasible_sets = count_feasible_sets(problem, budget, stop_above=max_sets)
     if feasible_sets > max_sets:
         raise ValueError(
-            f"instance too large for exact search: {feasible_sets} feasible selections "
+            f"instance too large for exact search: at least {feasible_sets} feasible selections "
             f"({problem.pair_count.size} candidate pairs), limit {max_sets}; "
             "use fewer edges, classes or a smaller budget, or raise max_sets"
         )

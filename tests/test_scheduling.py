@@ -554,6 +554,9 @@ def test_count_feasible_sets_by_enumeration():
                 per_edge = Counter(k for k, _ in subset)
                 feasible += all(per_edge[k] <= edge_capacity[k] for k in per_edge)
         assert count_feasible_sets(problem, budget) == feasible
+        if feasible > 3:
+            partial = count_feasible_sets(problem, budget, stop_above=3)
+            assert 3 < partial <= feasible
 
 
 def test_optimality_gap_of_optimum_is_zero():

@@ -37,9 +37,9 @@ def make_round(
     class_names = [f"class{c:04d}" for c in range(classes)]
     counts: dict[str, dict[str, int]] = {}
     for k in range(edges):
-        held = rng.choice(classes, size=classes_per_edge, replace=False)
+        edge_classes = rng.choice(classes, size=classes_per_edge, replace=False)
         samples = rng.integers(1, 201, size=classes_per_edge)
-        counts[f"edge{k:04d}"] = {class_names[c]: int(n) for c, n in zip(held, samples, strict=True)}
+        counts[f"edge{k:04d}"] = {class_names[c]: int(n) for c, n in zip(edge_classes, samples, strict=True)}
     past = rng.integers(0, 101, size=classes) if later_round else np.zeros(classes, dtype=np.int64)
     cumulative_updates = {name: int(b) for name, b in zip(class_names, past, strict=True)}
     edge_capacity = {edge_id: capacity for edge_id in counts}
@@ -63,7 +63,7 @@ def time_policy(name: str, inputs: tuple, budget: int, repeats: int) -> tuple[li
 
 
 def paper_round(rng: np.random.Generator) -> tuple[dict[str, dict[str, int]], dict[str, int], dict[str, int]]:
-    """Return one paper-sized round: edge k holds classes 2k .. 2k+3 (mod 10)."""
+    """Return one paper-sized round: edge k has samples of classes 2k .. 2k+3 (mod 10)."""
     counts = {f"edge{k}": {f"class{(2 * k + i) % 10}": int(rng.integers(1, 31)) for i in range(4)} for k in range(5)}
     cumulative_updates = {f"class{c}": int(rng.integers(0, 21)) for c in range(10)}
     edge_capacity = {edge_id: 2 for edge_id in counts}
@@ -96,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edges", type=int, default=1000, help="K, number of edges")
     parser.add_argument("--classes", type=int, default=1000, help="C, number of classes in the bank")
-    parser.add_argument("--classes-per-edge", type=int, default=20, help="classes each edge holds samples of")
+    parser.add_argument("--classes-per-edge", type=int, default=20, help="classes each edge has samples of")
     parser.add_argument("--capacity", type=int, default=3, help="Γ_k^cop, class updates per edge per round")
     parser.add_argument("--budget", type=int, default=2000, help="Γ^com, class updates per round in total")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per policy and history")

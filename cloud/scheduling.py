@@ -308,9 +308,9 @@ def smg(
 
     NOTE: G is small when the B_c take few distinct values, as in the first round or
     after balanced rounds. With hundreds of groups (B_c spread over a wide range), a
-    round took about twice as long as a first round of the same size in
-    benchmarks/bench_scheduling.py (about 85 ms against 45 ms of CPU time for 1,000
-    edges, 1,000 classes and 2,000 updates on a shared 2-core x86_64 VM).
+    round takes about twice as long as a first round of the same size. In
+    benchmarks/bench_scheduling.py, 1,000 edges, 1,000 classes and 2,000 updates took
+    about 85 ms against 45 ms of CPU time on a shared 2-core x86_64 VM.
     """
     budget = check_parameters(comm_budget, alpha=alpha, beta=beta, epsilon=epsilon)
     problem = SchedulingProblem.from_inputs(counts, cumulative_updates, edge_capacity)
@@ -514,9 +514,10 @@ class _MarginalGainSearch:
     def _start_vectorised(self) -> None:
         """Copy the group table into numpy arrays and keep them in step from now on.
 
-        Many groups share an update count u (they differ in κ), so w is computed once per
-        distinct u in a value slot, and each group reads w(u) and w(u + 1) from the value
-        slots of u and u + 1. Value slot 0 is a sentinel with w ≈ 0 for unused groups.
+        Many groups share an update count u and differ only in κ. So w is computed once
+        per distinct u, in a value slot, and each group reads w(u) and w(u + 1) from the
+        value slots of u and u + 1. Value slot 0 is a sentinel with w ≈ 0 for unused
+        groups.
         """
         slots = len(self._slot_updates)
         values = 2 * slots + 1

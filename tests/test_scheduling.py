@@ -126,8 +126,8 @@ def instances(draw, max_edges=4, max_classes=5):
     classes = CLASS_NAMES[: draw(st.integers(1, max_classes))]
     counts = {}
     for edge_id in edges:
-        held = draw(st.lists(st.sampled_from(classes), unique=True, max_size=len(classes)))
-        counts[edge_id] = {c: draw(st.integers(0, 12)) for c in held}
+        edge_classes = draw(st.lists(st.sampled_from(classes), unique=True, max_size=len(classes)))
+        counts[edge_id] = {c: draw(st.integers(0, 12)) for c in edge_classes}
     history = draw(st.lists(st.sampled_from(classes + ["ghost"]), unique=True))
     cumulative_updates = {c: draw(st.integers(0, 9)) for c in history}
     edge_capacity = {edge_id: draw(st.integers(0, 3)) for edge_id in edges}
@@ -460,9 +460,9 @@ def test_objective_rejects_bad_selection():
 def plain_two_stage(counts, edge_capacity, budget, edge_rank, server_rank):
     reported = []
     for k in sorted(counts):
-        held = [c for c, n in counts[k].items() if n > 0]
-        held.sort(key=lambda c: edge_rank(k, c))
-        reported.extend((k, c) for c in held[: edge_capacity[k]])
+        available = [c for c, n in counts[k].items() if n > 0]
+        available.sort(key=lambda c: edge_rank(k, c))
+        reported.extend((k, c) for c in available[: edge_capacity[k]])
     reported.sort(key=lambda pair: server_rank(*pair))
     return reported[:budget]
 
@@ -606,8 +606,8 @@ def test_smg_mid_size_matches_reference(seed):
 
 
 def test_smg_many_groups_matches_reference():
-    # 40 classes with distinct B_c: 40 class groups from the first step, so SMG scores
-    # them with numpy without being told to.
+    # 40 classes with distinct B_c make 40 class groups from the first step, so SMG
+    # switches to numpy scoring on its own.
     rng = np.random.default_rng(3)
     counts = {
         f"edge{k:02d}": {f"class{c:02d}": int(rng.integers(1, 30)) for c in rng.choice(40, 4, replace=False)}

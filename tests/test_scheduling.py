@@ -241,12 +241,12 @@ def test_all_policies_feasible(instance, seed):
 
 
 def test_smg_first_round_then_balance():
-    # Every B_c = 0 and α = β = 0.5. R̄(e1,a) = R̄(e2,a) = 1 and R̄(e3,b) = ln 11 / ln 101 = 0.519566.
+    # Every B_c = 0 and α = β = 0.5. R̄(e1,a) = R̄(e2,a) = 1 and R̄(e3,b) = ln 11 / ln 101 = 0.519574.
     # Step 1: whichever class is picked gets π = 1 and the other π = 0, so both classes
-    #   give the same V̄ = V(π=1) / (V(π=1) + V(π=0)) = 0.047774 and R̄ decides: (e1, a),
+    #   give the same V̄ = V(π=1) / (V(π=1) + V(π=0)) = 0.047775 and R̄ decides: (e1, a),
     #   tied with (e2, a) and taken by the smaller edge id.
-    # Step 2: a second a keeps π = (1, 0): gain = 0.5·1 + 0.5·(2·0.047774 − 0.047774) = 0.523887.
-    #   b gives π = (½, ½), V̄ = ½ each: gain = 0.5·0.519566 + 0.5·(1 − 0.047774) = 0.735896.
+    # Step 2: a second a keeps π = (1, 0): gain = 0.5·1 + 0.5·(2·0.047775 − 0.047775) = 0.523887.
+    #   b gives π = (½, ½), V̄ = ½ each: gain = 0.5·0.519574 + 0.5·(1 − 0.047775) = 0.735900.
     # Step 3: only (e2, a) is left.
     counts = {"e1": {"a": 100}, "e2": {"a": 100}, "e3": {"b": 10}}
     cumulative_updates = {"a": 0, "b": 0}
@@ -276,8 +276,8 @@ def test_smg_first_pick_by_data_volume():
 
 def test_smg_balance_beats_volume():
     # B = (a: 500, b: 0), one edge with capacity 1, α = β = 0.5.
-    # Pick a: R̄ = 1, B' = (501, 0), π = (1, 0): V̄_a = V(π=1) / (V(π=1) + V(π=0)) = 0.047774,
-    #   gain = 0.5 + 0.5·0.047774 = 0.523887.
+    # Pick a: R̄ = 1, B' = (501, 0), π = (1, 0): V̄_a = V(π=1) / (V(π=1) + V(π=0)) = 0.047775,
+    #   gain = 0.5 + 0.5·0.047775 = 0.523887.
     # Pick b: R̄ = ln 3 / ln 201 = 0.207156, B' = (500, 1), π_b = 1/501:
     #   V_b = ln(1 + 1/(1/501 + 10⁻⁶)) = 6.2181, V_a = ln(1 + 1/(500/501 + 10⁻⁶)) = 0.6942,
     #   V̄_b = 0.8996, gain = 0.5·0.207156 + 0.5·0.8996 = 0.5534, so b wins.
@@ -332,8 +332,8 @@ def test_smg_skips_classes_without_samples():
 
 def test_unheld_class_counts_in_balance():
     # ghost has B = 0 and no samples anywhere. With it in the bank, picking a gives
-    # π = (a: 1, ghost: 0) and V̄_a = V(π=1) / (V(π=1) + V(π=0)) = 0.047774, so
-    # F = 0.5·1 + 0.5·0.047774. Without it, V̄_a = 1 and F = 0.5 + 0.5.
+    # π = (a: 1, ghost: 0) and V̄_a = V(π=1) / (V(π=1) + V(π=0)) = 0.047775, so
+    # F = 0.5·1 + 0.5·0.047775. Without it, V̄_a = 1 and F = 0.5 + 0.5.
     counts = {"e1": {"a": 10}}
     selection = [("e1", "a")]
 

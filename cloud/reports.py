@@ -39,8 +39,19 @@ class RoundReporter:
         path = self.results_dir / "results.json"
         _write_text_atomically(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
         _write_text_atomically(self.results_dir / "results.csv", _table_csv(per_class, mean))
+        self._plot()
         logger.info("results written to %s", self.results_dir)
         return path
+
+    def _plot(self) -> None:
+        """Draw curves.png from the round log; a plotting failure never loses the results."""
+        from cloud.plots import plot_rounds
+
+        try:
+            summaries = [json.loads(line) for line in self.rounds_path.read_text(encoding="utf-8").splitlines()]
+            plot_rounds(summaries, self.results_dir / "curves.png")
+        except (OSError, ValueError, ImportError) as error:
+            logger.warning("curves.png not written: %s", error)
 
 
 def _table_csv(per_class: dict[str, dict[str, float]], mean: dict[str, float]) -> str:

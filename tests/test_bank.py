@@ -81,3 +81,24 @@ def test_aggregate_of_one_update_is_that_update():
 def test_aggregate_without_updates_raises():
     with pytest.raises(ValueError, match="keeps its model"):
         aggregate_class([])
+
+
+def test_reporter_writes_results_and_curves(tmp_path):
+    from cloud.reports import RoundReporter
+
+    reporter = RoundReporter(tmp_path)
+    for round_index, value in ((1, 0.6), (2, 0.8)):
+        reporter.record_round({
+            "round": round_index,
+            "cumulative_updates": {"disc": round_index, "ring": 1},
+            "metrics": {"disc": {"i_auroc": value}, "ring": {"i_auroc": 0.5}},
+            "metrics_mean": {"i_auroc": (value + 0.5) / 2},
+        })
+    reporter.write_results({"disc": {"i_auroc": 0.8}}, {"i_auroc": 0.8})
+
+    import json
+
+    assert json.loads((tmp_path / "results.json").read_text())["mean"] == {"i_auroc": 0.8}
+    assert (tmp_path / "results.csv").read_text().splitlines()[-1].startswith("mean,0.8000")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((tmp_path / "rounds.jsonl").read_text().splitlines()) == 2

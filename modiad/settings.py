@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 
 from modiad.errors import ConfigError
 from modiad.features.embedded import EmbeddedFeatureSettings
+from modiad.features.paper import PaperFeatureSettings
 from modiad.protocol import IDENTIFIER_PATTERN
 from modiad.transport.mqtt import MqttSettings
 
@@ -55,6 +56,13 @@ class _ServiceSettings(BaseSettings):
     seed: int = Field(0, ge=0, description="Seed of every random choice (model init, minibatches, RS).")
     features: EmbeddedFeatureSettings = Field(
         default_factory=EmbeddedFeatureSettings, description="Embedded feature preset (EfficientNet-Lite0 + FPFH)."
+    )
+    features_preset: Literal["embedded", "paper"] = Field(
+        "embedded",
+        description="Feature preset: 'embedded' (no downloads, settings in features) or 'paper' (DINO + Point-MAE, settings in paper_features).",
+    )
+    paper_features: PaperFeatureSettings = Field(
+        default_factory=PaperFeatureSettings, description="Paper feature preset (DINO ViT-B/8 + Point-MAE) and its weight files."
     )
     torch_threads: int = Field(1, ge=1, le=256, description="CPU threads torch may use in this service.")
 

@@ -471,3 +471,38 @@ def test_full_size_weights_run_end_to_end(tmp_path: Path) -> None:
     assert maps.f3d.shape == (GRID_SIZE, GRID_SIZE, 1152)
     assert maps.foreground.sum() > 0
     assert np.isfinite(maps.f3d).all()
+
+
+# ---------------------------------------------------------------------------
+# Preset selection
+# ---------------------------------------------------------------------------
+
+
+def test_settings_default_to_embedded_preset() -> None:
+    from modiad.settings import EdgeSettings, load_settings
+
+    settings = load_settings(EdgeSettings)
+    assert settings.features_preset == "embedded"
+    assert settings.paper_features == PaperFeatureSettings()
+
+
+def test_settings_select_paper_preset(tmp_path: Path) -> None:
+    from modiad.settings import CloudSettings, load_settings
+
+    config = tmp_path / "cloud.yaml"
+    config.write_text(f"features_preset: paper\npaper_features:\n  weights_dir: {tmp_path}\n  grid_size: 28\n")
+    settings = load_settings(CloudSettings, config)
+    assert settings.features_preset == "paper"
+    assert settings.paper_features.weights_dir == tmp_path
+    assert settings.paper_features.grid_size == 28
+
+
+def test_build_paper_preset_without_weights_fails(tmp_path: Path, empty_hf_cache: Path) -> None:
+    from modiad.features.presets import build_extractor
+    from modiad.settings import EdgeSettings, load_settings
+
+    settings = load_settings(EdgeSettings, features_preset="paper", paper_features={"weights_dir": str(tmp_path)})
+    with pytest.raises(WeightsError) as raised:
+        build_extractor(settings.features, preset=settings.features_preset, paper=settings.paper_features)
+    assert str(tmp_path / DINO_WEIGHTS_FILENAME) in str(raised.value)
+    assert str(tmp_path / POINT_MAE_WEIGHTS_FILENAME) in str(raised.value)

@@ -78,7 +78,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         for name in ["sensors", *edge_ids, "cloud"]:
             processes[name] = _launch(name, configs[name], output)
         print(f"started sensors, {len(edge_ids)} edges and the cloud; logs in {output / 'logs'}", flush=True)
-        _follow_progress(output, processes, options)
+        _follow_progress(output, processes, options, broker_url)
     finally:
         _stop_all(processes)
         if broker_process is not None:
@@ -209,25 +209,50 @@ def _launch(name: str, config: Path, output: Path) -> subprocess.Popen:
     )
 
 
-def _follow_progress(output: Path, processes: dict[str, subprocess.Popen], options: DemoOptions) -> None:
-    """Print one line per finished round until the cloud exits; fail fast if a service dies."""
+def _follow_progress(
+    output: Path, processes: dict[str, subprocess.Popen], options: DemoOptions, broker_url: str
+) -> None:
+    """Show live progress and one line per finished round until the cloud exits.
+
+    Fails fast, naming the log to read, when any service exits with an error.
+    """
+    from modiad.progress import ProgressObserver
+
     rounds_path = output / "rounds.jsonl"
     printed = 0
     started = time.monotonic()
-    while True:
-        printed = _print_new_rounds(rounds_path, printed, options.rounds, started)
-        cloud = processes["cloud"]
-        if cloud.poll() is not None:
-            _print_new_rounds(rounds_path, printed, options.rounds, started)
-            if cloud.returncode != 0:
-                raise ModiadError(f"the cloud exited with code {cloud.returncode}; see {output / 'logs' / 'cloud.log'}")
-            return
-        for name, process in processes.items():
-            if name != "cloud" and process.poll() not in (None, 0):
-                raise ModiadError(f"{name} exited with code {process.returncode}; see {output / 'logs' / (name + '.log')}")
-        if time.monotonic() - started > options.timeout_s:
-            raise ModiadError(f"the demo did not finish within {options.timeout_s:.0f} s; see the logs in {output / 'logs'}")
-        time.sleep(0.5)
+    observer = ProgressObserver(broker_url, "modiad/v1", expected_edges=options.edges)
+    observer.start()
+    try:
+        while True:
+            observer.poll(0.5)
+            if _count_lines(rounds_path) > printed:
+                observer.clear_line()
+                printed = _print_new_rounds(rounds_path, printed, options.rounds, started)
+            cloud = processes["cloud"]
+            if cloud.poll() is not None:
+                observer.clear_line()
+                _print_new_rounds(rounds_path, printed, options.rounds, started)
+                if cloud.returncode != 0:
+                    raise ModiadError(f"the cloud exited with code {cloud.returncode}; see {output / 'logs' / 'cloud.log'}")
+                return
+            for name, process in processes.items():
+                if name != "cloud" and process.poll() not in (None, 0):
+                    raise ModiadError(
+                        f"{name} exited with code {process.returncode}; see {output / 'logs' / (name + '.log')}"
+                    )
+            if time.monotonic() - started > options.timeout_s:
+                raise ModiadError(
+                    f"the demo did not finish within {options.timeout_s:.0f} s; see the logs in {output / 'logs'}"
+                )
+    finally:
+        observer.stop()
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return len(path.read_text(encoding="utf-8").splitlines())
 
 
 def _print_new_rounds(rounds_path: Path, printed: int, total: int, started: float) -> int:

@@ -119,11 +119,12 @@ class ProgressObserver:
             self.stream.flush()
             self._last_line = line
             return
+        # Without a terminal, print each phase once, without counts that would be stale at once.
         phase_key = line.split(",")[0].split(" (")[0]
-        if phase_key != self._last_line:
-            self.stream.write(line + "\n")
+        if phase_key != self._last_line and self.phase not in ("done", "finished"):
+            self.stream.write(phase_key + "\n")
             self.stream.flush()
-            self._last_line = phase_key
+        self._last_line = phase_key
 
     def clear_line(self) -> None:
         """Blank the interactive status line so a permanent line can be printed."""

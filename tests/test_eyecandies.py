@@ -360,3 +360,27 @@ def test_foreign_destination_rejected(raw_root, tmp_path):
 def test_unknown_lighting_image_rejected(raw_root, tmp_path):
     with pytest.raises(DatasetError, match="image_6"):
         convert_eyecandies(raw_root, tmp_path / "out", image="image_6")
+
+
+# ---------------------------------------------------------------------------------
+# Demo
+
+
+def test_demo_converts_into_cache_beside_output(raw_root, tmp_path):
+    from modiad.demo import DemoOptions, _prepare_dataset
+
+    options = DemoOptions(dataset="eyecandies", data_root=raw_root, output=tmp_path / "results" / "run-1")
+
+    data_root = _prepare_dataset(options)
+
+    assert data_root == (tmp_path / "results" / "eyecandies-mvtec").resolve()
+    assert list_classes(data_root) == ["candy_cane", "gummy_bear"]
+    assert _prepare_dataset(options) == data_root
+
+
+def test_demo_eyecandies_needs_data_root():
+    from modiad.demo import DemoOptions, _prepare_dataset
+    from modiad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--data-root"):
+        _prepare_dataset(DemoOptions(dataset="eyecandies"))

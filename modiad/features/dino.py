@@ -73,13 +73,13 @@ def cached_dino_weights() -> Path | None:
     return None
 
 
-def load_dino_checkpoint(model: torch.nn.Module, path: Path) -> None:
+def load_dino_checkpoint(model: Any, path: Path) -> None:
     """Load ViT weights from `path` into `model`, strictly.
 
     Reads .safetensors, or torch files with `weights_only=True`. Wrapper prefixes
     ("module.", "backbone.") and a "state_dict" or "model" container are removed, and timm's ViT checkpoint filter adapts official DINO keys. Raises
     WeightsError when the file cannot be read, or listing every missing, unexpected
-    and wrongly shaped key.
+    and wrongly shaped key. `model` is a timm VisionTransformer.
     """
     from timm.models.vision_transformer import checkpoint_filter_fn
 

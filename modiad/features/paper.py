@@ -299,7 +299,7 @@ class PaperExtractor:
     def features_3d(self, clouds: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Return (float32 G×G×dim_3d cell means, bool G×G foreground) for each organized cloud.
 
-        Raises DatasetError naming the sample when a cloud has some foreground but
+        Raises DatasetError naming the cloud's index when it has some foreground but
         fewer points than Point-MAE needs.
         """
         foregrounds = [self._foreground(xyz) for xyz in clouds]
@@ -308,7 +308,7 @@ class PaperExtractor:
             count = int(foreground.sum())
             if 0 < count < needed:
                 raise DatasetError(
-                    f"sample {index}: {count} foreground points, but Point-MAE needs at least {needed} "
+                    f"cloud {index} of this batch: {count} foreground points, but Point-MAE needs at least {needed} "
                     "(one per group centre and a full neighbourhood); reject the sample or lower the "
                     "background-plane distance"
                 )

@@ -173,3 +173,13 @@ def test_preprocess_mvtec_options_reach_settings(generated_root, tmp_path, capsy
     assert sample.rgb.shape == (48, 48, 3)
     assert sample.xyz.shape == (48, 48, 3)
     assert sample.gt_mask.shape == (48, 48)
+
+
+def test_full_profile_has_paper_sized_counts():
+    full = PROFILES["full"]
+    test_count = full.test_good + full.test_per_defect * len(DEFECT_TYPES)
+
+    assert full.train >= 200
+    assert 25 <= full.validation <= 35
+    assert 90 <= test_count <= 110
+    assert full.image_size == PROFILES["demo"].image_size

@@ -17,6 +17,7 @@ import numpy as np
 from modiad.dataset import list_classes, list_samples, read_sample
 from modiad.errors import DatasetError
 from modiad.features.base import FeatureExtractor, FeatureMaps
+from modiad.features.cache import FeatureCache
 from modiad.mapper import MapperPair, load_pair_state
 from modiad.metrics import class_report, mean_report
 from modiad.scoring import anomaly_map, image_score
@@ -58,10 +59,13 @@ class EvaluationSet:
 class Evaluator:
     """Scores every class of the bank on one split and computes the detection metrics."""
 
-    def __init__(self, data_root: Path, split: str, extractor: FeatureExtractor) -> None:
+    def __init__(
+        self, data_root: Path, split: str, extractor: FeatureExtractor, *, cache: FeatureCache | None = None
+    ) -> None:
         self.data_root = Path(data_root)
         self.split = split
         self.extractor = extractor
+        self.cache = cache
         self._set: EvaluationSet | None = None
         self._prepare_lock = threading.Lock()
 
@@ -92,7 +96,12 @@ class Evaluator:
                     skipped += 1
                     logger.warning("evaluation sample skipped: %s", error)
                     continue
-                maps = self.extractor.extract(sample.rgb, sample.xyz)
+                try:
+                    maps = self._extract(sample)
+                except DatasetError as error:
+                    skipped += 1
+                    logger.warning("evaluation sample %s skipped: %s", sample.sample_id, error)
+                    continue
                 rows = maps.foreground.reshape(-1)
                 gt_mask = sample.gt_mask if sample.gt_mask is not None else np.zeros(sample.rgb.shape[:2], np.uint8)
                 entries.append(
@@ -116,6 +125,11 @@ class Evaluator:
             time.perf_counter() - started,
         )
         return EvaluationSet(samples=samples, skipped=skipped)
+
+    def _extract(self, sample) -> FeatureMaps:
+        if self.cache is None:
+            return self.extractor.extract(sample.rgb, sample.xyz)
+        return self.cache.get_or_extract(sample.sample_id, self.extractor, sample.rgb, sample.xyz)
 
     def evaluate(self, bank: ModelBank) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
         """Return per-class metrics (I-AUROC, P-AUROC, AUPRO at 30/10/5/1 %) and their mean."""

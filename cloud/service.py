@@ -14,7 +14,8 @@ from cloud.coordinator import Coordinator
 from cloud.evaluation import Evaluator
 from cloud.reports import RoundReporter
 from modiad.errors import ConfigError
-from modiad.features.presets import build_extractor
+from modiad.features.cache import FeatureCache
+from modiad.features.presets import service_extractor
 from modiad.runner import install_stop_signals, run_nodes
 from modiad.settings import CloudSettings
 from modiad.transport.base import Transport
@@ -45,11 +46,12 @@ def build_coordinator(
     settings: CloudSettings, transport: Transport, *, results_dir: Path | None = None, clock=time.monotonic
 ) -> Coordinator:
     """Wire the bank, the evaluator and the reporter into a coordinator."""
-    extractor = build_extractor(settings.features)
+    extractor = service_extractor(settings)
     bank = open_bank(settings, extractor.dim_2d, extractor.dim_3d, extractor.identity)
     evaluator = None
     if settings.data_root is not None:
-        evaluator = Evaluator(settings.data_root, settings.eval_split, extractor)
+        cache = FeatureCache(Path(settings.state_dir) / "feature-cache", max_bytes=settings.feature_cache_bytes)
+        evaluator = Evaluator(settings.data_root, settings.eval_split, extractor, cache=cache)
     results = results_dir or settings.results_dir or Path(settings.state_dir) / "results"
     reporter = RoundReporter(
         results,

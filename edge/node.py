@@ -19,7 +19,9 @@ import torch
 from edge.buffer import SampleBuffer
 from modiad.codec import TensorSpec, check_tensors, encode
 from modiad.errors import ProtocolError
+from modiad.errors import DatasetError
 from modiad.features.base import FeatureExtractor
+from modiad.features.cache import FeatureCache
 from modiad.inbound import InboundDecoder
 from modiad.mapper import MapperPair, expected_shapes, load_pair_state, pair_state
 from modiad.protocol import (
@@ -67,7 +69,7 @@ class EdgeNode:
         self.clock = clock
         self.buffer = SampleBuffer(Path(settings.state_dir) / "buffer")
         self.rejections = RejectionLog(logger)
-        self.extractions = 0
+        self.feature_cache = FeatureCache(Path(settings.state_dir) / "feature-cache", max_bytes=settings.feature_cache_bytes)
         self.updates_sent = 0
 
         self._inbound = InboundDecoder(self.rejections, settings.max_payload_bytes)
@@ -77,6 +79,11 @@ class EdgeNode:
         self._status_wait_started = 0.0
         self._model_versions: dict[str, int] = {}
         self.finished = False
+
+    @property
+    def extractions(self) -> int:
+        """Feature extractions this process ran; a sample already buffered or cached costs none."""
+        return self.feature_cache.extractions
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -142,8 +149,12 @@ class EdgeNode:
         xyz = tensors["xyz"]
         xyz = np.where(np.isfinite(xyz), xyz, 0.0).astype(np.float32)
         sample = Sample(sample_id=header.sample_id, class_name=header.class_name, rgb=tensors["rgb"], xyz=xyz)
-        maps = self.extractor.extract(sample.rgb, sample.xyz)
-        self.extractions += 1
+        try:
+            maps = self.feature_cache.get_or_extract(sample.sample_id, self.extractor, sample.rgb, sample.xyz)
+        except DatasetError as error:
+            self.rejections.reject("sample", topic, f"sample {header.sample_id}: {error}")
+            self._rejected_samples.add(header.sample_id)
+            return
         self.buffer.add(
             sample,
             maps,

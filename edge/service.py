@@ -7,7 +7,7 @@ import threading
 import torch
 
 from edge.node import EdgeNode, offline_will
-from modiad.features.presets import build_extractor
+from modiad.features.presets import service_extractor
 from modiad.protocol import Topics
 from modiad.runner import install_stop_signals, run_nodes
 from modiad.settings import EdgeSettings
@@ -19,7 +19,7 @@ __all__ = ["run_edge"]
 def run_edge(settings: EdgeSettings, *, exit_when_finished: bool = False) -> None:
     """Run the edge until a stop signal (or, with `exit_when_finished`, the cloud's last round)."""
     torch.set_num_threads(settings.torch_threads)
-    extractor = build_extractor(settings.features)
+    extractor = service_extractor(settings)
     topics = Topics(settings.topic_root)
     transport = MqttTransport(
         settings.mqtt, client_id=f"modiad-edge-{settings.edge_id}", will=offline_will(topics, settings.edge_id)

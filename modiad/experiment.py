@@ -14,7 +14,7 @@ import torch
 from cloud.coordinator import Coordinator
 from cloud.service import build_coordinator
 from edge.node import EdgeNode, offline_will
-from modiad.features.presets import build_extractor
+from modiad.features.presets import service_extractor
 from modiad.protocol import Topics
 from modiad.runner import run_nodes
 from modiad.settings import CloudSettings, EdgeSettings, SensorSettings
@@ -63,7 +63,7 @@ def _run_fleet(
         transport = InProcessTransport(
             bus, f"modiad-edge-{settings.edge_id}", will=offline_will(topics, settings.edge_id)
         )
-        node = EdgeNode(settings, transport, build_extractor(settings.features))
+        node = EdgeNode(settings, transport, service_extractor(settings))
         pairs.append((transport, node))
 
     sensor_transport = InProcessTransport(bus, "modiad-sensors")

@@ -65,6 +65,11 @@ class _ServiceSettings(BaseSettings):
         default_factory=PaperFeatureSettings, description="Paper feature preset (DINO ViT-B/8 + Point-MAE) and its weight files."
     )
     torch_threads: int = Field(1, ge=1, le=256, description="CPU threads torch may use in this service.")
+    feature_cache_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024**2,
+        description="Size limit of the feature cache in state_dir/feature-cache, in bytes (default 4 GiB).",
+    )
 
     @classmethod
     def settings_customise_sources(

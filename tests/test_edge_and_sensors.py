@@ -261,3 +261,33 @@ def test_corrupt_files_in_stream_are_skipped(tmp_path, dataset, caplog):
     assert packets[0].sample_ids == samples
     assert len(samples) == len(first_packet) - 2
     assert str(broken_png) in caplog.text or broken_png.name in caplog.text
+
+
+def test_edge_extracts_each_sample_content_once(tmp_path, dataset, extractor):
+    edge = EdgeHarness(tmp_path / "edge", extractor)
+    sample = _train_samples(dataset, CLASSES[0], 1)[0]
+    renamed = type(sample)(sample.sample_id.replace("/good/", "/good/resent-"), sample.class_name, sample.rgb, sample.xyz)
+
+    edge.send_sample(sample)
+    edge.send_sample(sample)
+    edge.send_sample(renamed)  # same pixels under a new id: buffered again, extracted once
+    edge.pump()
+
+    assert edge.node.buffer.counts() == {CLASSES[0]: 2}
+    assert edge.node.extractions == 1
+    assert edge.node.feature_cache.hits == 1
+
+
+def test_evaluator_reuses_cached_features_after_restart(tmp_path, dataset, extractor):
+    from cloud.evaluation import Evaluator
+    from modiad.features.cache import FeatureCache
+
+    first = FeatureCache(tmp_path / "cache", max_bytes=1 << 30)
+    Evaluator(dataset, "test", extractor, cache=first).prepare()
+    assert first.extractions > 0
+
+    second = FeatureCache(tmp_path / "cache", max_bytes=1 << 30)
+    prepared = Evaluator(dataset, "test", extractor, cache=second).prepare()
+
+    assert second.extractions == 0
+    assert sum(len(entries) for entries in prepared.samples.values()) == first.extractions

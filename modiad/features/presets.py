@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from modiad.features.base import FeatureExtractor
 from modiad.features.embedded import EmbeddedExtractor, EmbeddedFeatureSettings
 from modiad.features.paper import PaperFeatureSettings
 
-__all__ = ["FEATURE_PRESETS", "FeaturePreset", "build_extractor"]
+__all__ = ["FEATURE_PRESETS", "FeaturePreset", "build_extractor", "service_extractor"]
 
 FeaturePreset = Literal["embedded", "paper"]
 FEATURE_PRESETS: tuple[FeaturePreset, ...] = ("embedded", "paper")
@@ -42,3 +42,8 @@ def build_extractor(
     if key not in _CACHE:
         _CACHE[key] = EmbeddedExtractor(settings)
     return _CACHE[key]
+
+
+def service_extractor(settings: Any) -> FeatureExtractor:
+    """Return the extractor a service's settings select (`features_preset`, `features`, `paper_features`)."""
+    return build_extractor(settings.features, preset=settings.features_preset, paper=settings.paper_features)

@@ -125,6 +125,15 @@ class Coordinator:
         if self.bank.completed_round >= self.settings.rounds:
             self._finish()
 
+    def stop(self) -> None:
+        """Log the stop; the bank is already saved after every completed round."""
+        logger.info(
+            "cloud stopped in phase %s after round %d; rejected inputs: %s",
+            self.phase,
+            self.bank.completed_round,
+            dict(self.rejections.counts),
+        )
+
     def tick(self) -> None:
         """Advance the state machine when its phase is complete or its deadline has passed."""
         now = self.clock()

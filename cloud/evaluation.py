@@ -60,17 +60,31 @@ class Evaluator:
     """Scores every class of the bank on one split and computes the detection metrics."""
 
     def __init__(
-        self, data_root: Path, split: str, extractor: FeatureExtractor, *, cache: FeatureCache | None = None
+        self,
+        data_root: Path,
+        split: str,
+        extractor: FeatureExtractor,
+        *,
+        cache: FeatureCache | None = None,
+        classes: list[str] | None = None,
     ) -> None:
         self.data_root = Path(data_root)
         self.split = split
         self.extractor = extractor
         self.cache = cache
+        self.selected_classes = list(classes or [])
         self._set: EvaluationSet | None = None
         self._prepare_lock = threading.Lock()
 
     def classes(self) -> list[str]:
-        return list_classes(self.data_root)
+        """Return the evaluated classes: the selected ones, or every class under the data root."""
+        available = list_classes(self.data_root)
+        if not self.selected_classes:
+            return available
+        unknown = sorted(set(self.selected_classes) - set(available))
+        if unknown:
+            raise DatasetError(f"unknown evaluation classes {unknown}; {self.data_root} contains {available}")
+        return sorted(self.selected_classes)
 
     def prepare(self) -> EvaluationSet:
         """Read and extract the split once; corrupt files are skipped with a logged reason.

@@ -51,7 +51,9 @@ def build_coordinator(
     evaluator = None
     if settings.data_root is not None:
         cache = FeatureCache(Path(settings.state_dir) / "feature-cache", max_bytes=settings.feature_cache_bytes)
-        evaluator = Evaluator(settings.data_root, settings.eval_split, extractor, cache=cache)
+        evaluator = Evaluator(
+            settings.data_root, settings.eval_split, extractor, cache=cache, classes=settings.classes
+        )
     results = results_dir or settings.results_dir or Path(settings.state_dir) / "results"
     reporter = RoundReporter(
         results,

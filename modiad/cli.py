@@ -30,6 +30,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "--profile", default="demo", choices=["demo", "small"],
         help="size of the generated synthetic set: demo (224 px, 40 training samples per class) or small (64 px, 6)",
     )
+    demo.add_argument(
+        "--classes", help="comma-separated classes to stream and evaluate (default: every class of the dataset)"
+    )
+    demo.add_argument(
+        "--features", default="embedded", choices=["embedded", "paper"],
+        help="feature preset: embedded (shipped weights, CPU-friendly) or paper (DINO ViT-B/8 + Point-MAE, needs --weights-dir)",
+    )
+    demo.add_argument(
+        "--weights-dir", type=Path,
+        help="folder with dino_vitbase8_pretrain.pth and point_mae_pretrain.pth for --features paper",
+    )
     demo.add_argument("--rounds", type=int, default=10, help="rounds to run (default 10)")
     demo.add_argument("--edges", type=int, default=5, help="edge gateways (default 5)")
     demo.add_argument("--policy", default="smg", choices=["smg", "rs", "so", "bo"], help="scheduler (default smg)")
@@ -64,9 +75,8 @@ def _validate_demo(arguments: argparse.Namespace) -> None:
         value = getattr(arguments, option)
         if value < (0 if option in ("comm_budget", "capacity") else 1):
             raise ModiadError(f"--{option.replace('_', '-')} must be positive, got {value}")
-    if arguments.edges != 5 and arguments.dataset == "synthetic":
-        # The stream puts 4 classes on each edge and each class on 2 edges: 10 classes need 5 edges.
-        raise ModiadError(f"--edges {arguments.edges}: the 10-class demo stream needs exactly 5 edges")
+    if arguments.features == "paper" and arguments.weights_dir is None:
+        raise ModiadError("--features paper needs --weights-dir, the folder that holds the DINO and Point-MAE weights")
 
 
 def _run_demo(arguments: argparse.Namespace) -> int:
@@ -79,6 +89,9 @@ def _run_demo(arguments: argparse.Namespace) -> int:
         dataset=arguments.dataset,
         data_root=arguments.data_root,
         profile=arguments.profile,
+        classes=[name.strip() for name in arguments.classes.split(",") if name.strip()] if arguments.classes else None,
+        features=arguments.features,
+        weights_dir=arguments.weights_dir,
         rounds=arguments.rounds,
         edges=arguments.edges,
         policy=arguments.policy,

@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +44,9 @@ class DemoOptions:
     dataset: str = "synthetic"
     data_root: Path | None = None
     profile: str = "demo"
+    classes: list[str] | None = None
+    features: str = "embedded"
+    weights_dir: Path | None = None
     rounds: int = 10
     edges: int = 5
     policy: str = "smg"
@@ -60,8 +64,12 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     output = _prepare_output(options.output)
     print(f"MODIAD demo: results go to {output}", flush=True)
 
+    _check_feature_weights(options)
     data_root = _prepare_dataset(options)
+    classes = _select_classes(options, data_root)
+    options.classes = classes
     edge_ids = [f"edge-{index}" for index in range(1, options.edges + 1)]
+    stream_layout(len(classes), len(edge_ids))
     configs = _write_configs(options, output, data_root, edge_ids, broker_url="mqtt://127.0.0.1:1")
 
     if options.transport == "inprocess":
@@ -114,7 +122,7 @@ def _prepare_dataset(options: DemoOptions) -> Path:
     root = (options.data_root or DEFAULT_DATA_ROOT).resolve()
     started = time.perf_counter()
     print(f"synthetic dataset: {root} (generated if missing)", flush=True)
-    generate_dataset(root, profile=options.profile, seed=options.seed)
+    generate_dataset(root, profile=options.profile, seed=options.seed, classes=options.classes)
     print(f"synthetic dataset ready in {time.perf_counter() - started:.1f} s", flush=True)
     return root
 
@@ -138,13 +146,54 @@ def _prepare_eyecandies(options: DemoOptions) -> Path:
     return cache
 
 
+def _check_feature_weights(options: DemoOptions) -> None:
+    """Fail before any work when the paper preset's weight files are missing."""
+    if options.features != "paper":
+        return
+    from modiad.features.paper import PaperFeatureSettings, check_paper_weights
+
+    check_paper_weights(PaperFeatureSettings(weights_dir=options.weights_dir))
+
+
+def _select_classes(options: DemoOptions, data_root: Path) -> list[str]:
+    from modiad.dataset import list_classes
+
+    available = list_classes(data_root)
+    if not options.classes:
+        return available
+    unknown = sorted(set(options.classes) - set(available))
+    if unknown:
+        raise DatasetError(f"unknown classes {unknown} in --classes; {data_root} contains {available}")
+    return sorted(options.classes)
+
+
+def stream_layout(num_classes: int, num_edges: int) -> tuple[int, int]:
+    """Return (classes per edge, edges per class) for the demo's non-IID stream.
+
+    Each class goes to 2 edges (1 when there is a single edge) and every edge gets
+    the same number of classes: 10 classes on 5 edges give 4 classes per edge.
+    """
+    edges_per_class = 2 if num_edges >= 2 else 1
+    if (num_classes * edges_per_class) % num_edges or num_classes * edges_per_class < num_edges:
+        raise ConfigError(
+            f"{num_classes} classes cannot be spread evenly over {num_edges} edges with each class on "
+            f"{edges_per_class} edges; choose --edges so that it divides {num_classes * edges_per_class}"
+        )
+    return num_classes * edges_per_class // num_edges, edges_per_class
+
+
 def _write_configs(
     options: DemoOptions, output: Path, data_root: Path, edge_ids: list[str], *, broker_url: str
 ) -> dict[str, Path]:
     config_dir = output / "config"
     state_dir = output / "state"
     config_dir.mkdir(exist_ok=True)
-    common = {"mqtt": {"url": broker_url}, "seed": options.seed, "log_level": "INFO"}
+    common: dict[str, Any] = {"mqtt": {"url": broker_url}, "seed": options.seed, "log_level": "INFO"}
+    if options.features == "paper":
+        common["features_preset"] = "paper"
+        common["paper_features"] = {"weights_dir": str(Path(options.weights_dir).resolve())}
+    classes = options.classes or []
+    classes_per_edge, edges_per_class = stream_layout(len(classes), len(edge_ids))
     documents: dict[str, dict[str, Any]] = {
         "cloud": {
             **common,
@@ -153,6 +202,7 @@ def _write_configs(
             "expected_edges": edge_ids,
             "data_root": str(data_root),
             "results_dir": str(output),
+            "classes": classes,
             "scheduling": {"policy": options.policy, "comm_budget": options.comm_budget},
             "training": {"iterations": options.iterations},
         },
@@ -161,6 +211,9 @@ def _write_configs(
             "state_dir": str(state_dir / "sensors"),
             "data_root": str(data_root),
             "edges": edge_ids,
+            "classes": classes,
+            "classes_per_edge": classes_per_edge,
+            "edges_per_class": edges_per_class,
             "rounds": options.rounds,
             "packet_size": options.packet_size,
         },
@@ -301,7 +354,25 @@ def _run_inprocess(configs: dict[str, Path], output: Path) -> dict[str, Any]:
     ]
     sensors = load_settings(SensorSettings, configs["sensors"], transport="inprocess")
     print("running every service in this process (transport: inprocess)", flush=True)
-    run_inprocess(cloud, edges, sensors, results_dir=output)
+
+    # The fleet runs in a worker thread so this thread can print each round as it ends.
+    failure: list[BaseException] = []
+
+    def _run() -> None:
+        try:
+            run_inprocess(cloud, edges, sensors, results_dir=output)
+        except BaseException as error:  # handed to the main thread and raised there
+            failure.append(error)
+
+    worker = threading.Thread(target=_run, name="inprocess-fleet", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    printed = 0
+    while worker.is_alive():
+        worker.join(timeout=0.5)
+        printed = _print_new_rounds(output / "rounds.jsonl", printed, cloud.rounds, started)
+    if failure:
+        raise failure[0]
     results = json.loads((output / "results.json").read_text(encoding="utf-8"))
     _print_results(results, output)
     return results

@@ -122,6 +122,9 @@ class CloudSettings(_ServiceSettings):
     scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     data_root: Path | None = Field(None, description="Dataset root (MVTec 3D-AD layout) for evaluation; None: no evaluation.")
+    classes: list[str] = Field(
+        default_factory=list, description="Classes to evaluate (empty: every class in data_root)."
+    )
     eval_split: Literal["test", "validation"] = Field("test", description="Split evaluated after each round.")
     eval_every: int = Field(1, ge=1, description="Evaluate every this many rounds; the last round is always evaluated.")
     results_dir: Path | None = Field(None, description="Where to write results.json, CSV and the round log; None: state_dir/results.")

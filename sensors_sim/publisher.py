@@ -90,6 +90,14 @@ class SensorNode:
     def tick(self) -> None:
         """Nothing runs on a timer; packets follow round announcements."""
 
+    def stop(self) -> None:
+        logger.info(
+            "sensors stopped: %d samples published, %d files skipped, rejected inputs: %s",
+            self.published_samples,
+            self.skipped_files,
+            dict(self.rejections.counts),
+        )
+
     def _on_round(self, topic: str, payload: bytes) -> None:
         try:
             header, _ = decode(payload, RoundHeader, max_payload_bytes=MAX_ROUND_PAYLOAD_BYTES)

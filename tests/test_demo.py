@@ -60,3 +60,44 @@ def test_demo_rejects_invalid_round_count(tmp_path):
 
     assert result.returncode == 2
     assert "--rounds must be positive, got 0" in result.stderr
+
+
+def test_demo_paper_preset_without_weights_fails_before_work(tmp_path):
+    weights = tmp_path / "weights"
+    result = _run_demo("--features", "paper", "--weights-dir", str(weights), "--output", str(tmp_path / "out"),
+                       "--data-root", str(tmp_path / "data"), cwd=tmp_path, timeout_s=120)
+
+    assert result.returncode == 2
+    assert str(weights / "dino_vitbase8_pretrain.pth") in result.stderr
+    assert str(weights / "point_mae_pretrain.pth") in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_demo_rejects_uneven_class_layout(tmp_path):
+    result = _run_demo("--profile", "small", "--classes", "dome,ring", "--edges", "3",
+                       "--output", str(tmp_path / "out"), "--data-root", str(tmp_path / "data"),
+                       cwd=tmp_path, timeout_s=120)
+
+    assert result.returncode == 2
+    assert "cannot be spread evenly over 3 edges" in result.stderr
+
+
+def test_stream_layout_of_the_paper_setting():
+    from modiad.demo import stream_layout
+
+    assert stream_layout(10, 5) == (4, 2)
+    assert stream_layout(2, 2) == (2, 2)
+    assert stream_layout(3, 1) == (3, 1)
+
+
+def test_inprocess_demo_on_two_classes(tmp_path):
+    output = tmp_path / "out"
+    result = _run_demo("--profile", "small", "--classes", "dome,ring", "--edges", "2", "--rounds", "2",
+                       "--iterations", "5", "--transport", "inprocess", "--output", str(output),
+                       "--data-root", str(tmp_path / "data"), cwd=tmp_path, timeout_s=600)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "round   2/2" in result.stdout
+    results = json.loads((output / "results.json").read_text())
+    assert sorted(results["classes"]) == ["dome", "ring"]
+    assert (output / "curves.png").exists()

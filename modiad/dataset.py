@@ -367,20 +367,29 @@ def check_dataset(root: str | Path, *, read_files: bool = False) -> DatasetCheck
 
 def format_check(check: DatasetCheck) -> str:
     """Format the counts as a table in the style of the dataset papers, then the problems."""
-    header = ("class", "train", "validation", "test good", "test defect", "defect types", "size (W×H)")
-    rows = []
+    header = ["class", "train", "validation", "test good", "test defect", "defect types", "size (W×H)"]
+    rows: list[list[str]] = []
     for class_name, counts in check.counts.items():
         sizes = ", ".join(f"{width}×{height}" for width, height in sorted(counts.sizes)) or "-"
-        rows.append((class_name, counts.train, counts.validation, counts.test_good, counts.test_defect,
-                     len(counts.defect_types), sizes))
-    if rows:
-        totals = [sum(row[column] for row in rows) for column in range(1, 5)]
-        rows.append(("total", *totals, len({d for c in check.counts.values() for d in c.defect_types}), ""))
+        numbers = [counts.train, counts.validation, counts.test_good, counts.test_defect, len(counts.defect_types)]
+        rows.append([class_name, *map(str, numbers), sizes])
+    if check.counts:
+        classes = check.counts.values()
+        totals = [
+            sum(counts.train for counts in classes),
+            sum(counts.validation for counts in classes),
+            sum(counts.test_good for counts in classes),
+            sum(counts.test_defect for counts in classes),
+            len({defect for counts in classes for defect in counts.defect_types}),
+        ]
+        rows.append(["total", *map(str, totals), ""])
 
-    widths = [max(len(str(value)) for value in column) for column in zip(header, *rows, strict=False)]
-    lines = ["  ".join(str(value).ljust(width) if index == 0 else str(value).rjust(width)
-                       for index, (value, width) in enumerate(zip(row, widths, strict=True)))
-             for row in (header, *rows)]
+    # The class column is left-aligned and the others right-aligned, as in a paper table.
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    lines = []
+    for row in (header, *rows):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
     lines.insert(1, "  ".join("-" * width for width in widths))
 
     if check.problems:

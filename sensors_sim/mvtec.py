@@ -304,7 +304,7 @@ def _preprocess_ref(ref: SampleRef, source: Path, destination: Path, settings: P
 
     _write_atomically(rgb_out, lambda path: Image.fromarray(processed.rgb).save(path, format="PNG", compress_level=1))
     _write_atomically(xyz_out, lambda path: tifffile.imwrite(path, processed.xyz, photometric="rgb"))
-    if gt_out is not None:
+    if gt_out is not None and processed.gt_mask is not None:
         mask = processed.gt_mask * np.uint8(255)
         _write_atomically(gt_out, lambda path: Image.fromarray(mask).save(path, format="PNG"))
     summary.written += 1

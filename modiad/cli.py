@@ -27,8 +27,11 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", default="synthetic", choices=["synthetic", "mvtec3d", "eyecandies"], help="dataset to replay")
     demo.add_argument("--data-root", type=Path, help="dataset folder (default for synthetic: ./modiad-data/synthetic; for eyecandies: the raw release, converted into a cache beside the output)")
     demo.add_argument(
-        "--profile", default="demo", choices=["demo", "small"],
-        help="size of the generated synthetic set: demo (224 px, 40 training samples per class) or small (64 px, 6)",
+        "--profile", default="demo", choices=["demo", "small", "tiny", "full"],
+        help=(
+            "size of the generated synthetic set: demo (224 px, 40 training samples per class), small (64 px, 6), "
+            "tiny (224 px, 2; a pipeline check for slow extractors) or full (224 px, 210)"
+        ),
     )
     demo.add_argument(
         "--classes", help="comma-separated classes to stream and evaluate (default: every class of the dataset)"

@@ -81,9 +81,11 @@ PROFILES = {
     "demo": Profile(image_size=224, train=40, validation=5, test_good=8, test_per_defect=2),
     "small": Profile(image_size=64, train=6, validation=2, test_good=2, test_per_defect=1),
     "full": Profile(image_size=224, train=210, validation=30, test_good=40, test_per_defect=10),
+    "tiny": Profile(image_size=224, train=2, validation=1, test_good=1, test_per_defect=1),
 }
 """`demo` feeds `modiad demo`. `small` is for tests and generates in about a second.
-`full` has sample counts of the size MVTec 3D-AD uses (over 200 training, about 30
+`tiny` keeps the 224 px images with very few samples, to check the pipeline with a slow
+extractor such as the paper preset. `full` has sample counts of the size MVTec 3D-AD uses (over 200 training, about 30
 validation and 100 test samples per class), for benchmark runs."""
 
 # Scene geometry. The plate fills a 0.12 m wide field of view at 0.4 m, so the objects

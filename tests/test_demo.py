@@ -101,3 +101,24 @@ def test_inprocess_demo_on_two_classes(tmp_path):
     results = json.loads((output / "results.json").read_text())
     assert sorted(results["classes"]) == ["dome", "ring"]
     assert (output / "curves.png").exists()
+
+
+@pytest.mark.slow
+def test_demo_runs_with_paper_preset_and_test_made_weights(tmp_path):
+    from modiad.features.paper import save_random_paper_weights
+
+    weights = tmp_path / "weights"
+    save_random_paper_weights(weights)  # official names, keys and shapes; random values
+    output = tmp_path / "out"
+
+    result = _run_demo("--profile", "tiny", "--classes", "dome,ring", "--edges", "2", "--rounds", "1",
+                       "--iterations", "3", "--transport", "inprocess", "--features", "paper",
+                       "--weights-dir", str(weights), "--output", str(output),
+                       "--data-root", str(tmp_path / "data"), cwd=tmp_path, timeout_s=1200)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((output / "results.json").read_text())
+    assert results["run"]["feature_identity"].startswith("paper")
+    assert sorted(results["classes"]) == ["dome", "ring"]
+    cloud_config = (output / "config" / "cloud.yaml").read_text()
+    assert "features_preset: paper" in cloud_config

@@ -1,7 +1,7 @@
 """Live progress of a run, read from the broker like any other subscriber.
 
 The observer follows the cloud's round announcements and counts the status reports
-and updates of the current round. On a terminal it rewrites one status line; in a
+and updates of the current round. On a terminal it rewrites one status line. In a
 log or pipe it prints a line only when the phase changes, so logs stay short.
 """
 

@@ -25,7 +25,7 @@ from cloud.exact import optimality_gap
 from cloud.reports import RoundReporter
 from cloud.scheduling import SCHEDULERS
 from modiad.codec import TensorSpec, check_tensors, encode
-from modiad.errors import ProtocolError
+from modiad.errors import ProtocolError, TransportError
 from modiad.inbound import InboundDecoder
 from modiad.mapper import expected_shapes
 from modiad.protocol import (
@@ -67,6 +67,7 @@ class _RoundState:
     duplicates: int = 0
     rejected_at_open: int = 0
     optimality_gap: float | None = None
+    failed_assignments: list[str] = field(default_factory=list)
 
 
 class Coordinator:
@@ -321,8 +322,15 @@ class Coordinator:
                 classes=assignments,
             )
             payload = encode(header, tensors)
+            try:
+                self.transport.publish(self.topics.assignment(edge_id), payload)
+            except TransportError as error:
+                # The edge gets nothing this round; its classes count as missing updates.
+                logger.error("round %d: assignment to edge %s not sent: %s", self.round.index, edge_id, error)
+                self.round.assigned -= {(edge_id, class_name) for class_name in classes}
+                self.round.failed_assignments.append(edge_id)
+                continue
             self.round.assignment_bytes += len(payload)
-            self.transport.publish(self.topics.assignment(edge_id), payload)
 
         self.phase = "updates"
         self.round.train_started_at = self.clock()
@@ -372,7 +380,7 @@ class Coordinator:
             per_class, mean = self.evaluator.evaluate(self.bank)
             self.last_metrics = mean
 
-        missing = sorted(self.round.assigned - set(self.round.updates))
+        missing = sorted(set(self.round.selection) - set(self.round.updates))
         summary = {
             "round": self.round.index,
             "policy": self.settings.scheduling.policy,
@@ -380,6 +388,7 @@ class Coordinator:
             "selection": [list(pair) for pair in self.round.selection],
             "updated_classes": updated,
             "missing_updates": [list(pair) for pair in missing],
+            "failed_assignments": self.round.failed_assignments,
             "optimality_gap": self.round.optimality_gap,
             "duplicates_ignored": self.round.duplicates,
             "rejected_messages": self.rejections.total - self.round.rejected_at_open,

@@ -19,7 +19,7 @@ import torch
 from edge.buffer import SampleBuffer
 from modiad.codec import TensorSpec, check_tensors, encode
 from modiad.errors import ProtocolError
-from modiad.errors import DatasetError
+from modiad.errors import DatasetError, TransportError
 from modiad.features.base import FeatureExtractor
 from modiad.features.cache import FeatureCache
 from modiad.inbound import InboundDecoder
@@ -271,7 +271,11 @@ class EdgeNode:
             num_pixels=result.num_pixels,
             final_loss=result.final_loss,
         )
-        self.transport.publish(self.topics.update(self.edge_id, class_name), encode(update, pair_state(result.pair)))
+        try:
+            self.transport.publish(self.topics.update(self.edge_id, class_name), encode(update, pair_state(result.pair)))
+        except TransportError as error:
+            logger.error("edge %s: update of class %s in round %d not sent: %s", self.edge_id, class_name, header.round, error)
+            return
         self._model_versions[class_name] = assignment.model_version
         self.updates_sent += 1
         logger.info(

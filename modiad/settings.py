@@ -128,7 +128,9 @@ class CloudSettings(_ServiceSettings):
     eval_split: Literal["test", "validation"] = Field("test", description="Split evaluated after each round.")
     eval_every: int = Field(1, ge=1, description="Evaluate every this many rounds; the last round is always evaluated.")
     results_dir: Path | None = Field(None, description="Where to write results.json, CSV and the round log; None: state_dir/results.")
-    max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest inbound message accepted, in bytes.")
+    max_payload_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="Largest inbound message accepted, in bytes (default 128 MiB)."
+    )
 
     @field_validator("expected_edges")
     @classmethod
@@ -148,7 +150,9 @@ class EdgeSettings(_ServiceSettings):
         True, description="Report status only after the round's packet arrived (lock-step replay); false for live sensors."
     )
     packet_wait_s: float = Field(120.0, gt=0, description="Seconds to wait for the round's packet before reporting anyway.")
-    max_payload_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest inbound message accepted, in bytes.")
+    max_payload_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="Largest inbound message accepted, in bytes (default 128 MiB)."
+    )
 
     @field_validator("edge_id")
     @classmethod

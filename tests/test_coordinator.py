@@ -329,3 +329,29 @@ def test_round_log_records_optimality_gap(tmp_path):
     summary = json.loads((tmp_path / "results" / "rounds.jsonl").read_text().splitlines()[0])
     assert summary["optimality_gap"] is not None
     assert 0.0 <= summary["optimality_gap"] <= 1.0
+
+
+def test_failed_assignment_publish_does_not_stop_the_round(tmp_path):
+    from modiad.errors import TransportError
+
+    fleet = _started_fleet(tmp_path, expected_edges=["edge-1", "edge-2"], rounds=1)
+    fleet.online("edge-1")
+    fleet.online("edge-2")
+    fleet.pump()
+    publish = fleet.cloud_transport.publish
+
+    def refuse_edge_2(topic, payload, *, retain=False):
+        if topic == fleet.topics.assignment("edge-2"):
+            raise TransportError("payload too large for the test")
+        publish(topic, payload, retain=retain)
+
+    fleet.cloud_transport.publish = refuse_edge_2
+    fleet.status("edge-1", 1, {"disc": 5})
+    fleet.status("edge-2", 1, {"ring": 5})
+    fleet.pump()
+    fleet.update("edge-1", "disc", 1, 1.0)
+    fleet.pump()
+
+    assert fleet.coordinator.finished
+    assert fleet.bank.classes["disc"].updates == 1
+    assert fleet.bank.classes["ring"].updates == 0

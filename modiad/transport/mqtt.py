@@ -122,10 +122,11 @@ class MqttSettings(BaseModel):
         30.0, gt=0, le=3600, description="Longest wait between reconnection attempts, in seconds (the backoff cap)."
     )
     max_payload_bytes: int = Field(
-        16 * 1024 * 1024,
+        128 * 1024 * 1024,
         ge=1,
         le=268_435_000,
-        description="Maximum payload sent or accepted, in bytes (default 16 MiB). Larger inbound payloads are "
+        description="Maximum payload sent or accepted, in bytes (default 128 MiB, room for a paper-preset "
+        "assignment of several classes). Larger inbound payloads are "
         "dropped with a warning, and larger outbound ones raise TransportError.",
     )
     max_queued_messages: int = Field(

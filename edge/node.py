@@ -18,8 +18,7 @@ import torch
 
 from edge.buffer import SampleBuffer
 from modiad.codec import TensorSpec, check_tensors, encode
-from modiad.errors import ProtocolError
-from modiad.errors import DatasetError, TransportError
+from modiad.errors import DatasetError, ProtocolError, TransportError
 from modiad.features.base import FeatureExtractor
 from modiad.features.cache import FeatureCache
 from modiad.inbound import InboundDecoder

@@ -33,7 +33,7 @@ def plot_rounds(summaries: Sequence[dict[str, Any]], path: Path) -> Path | None:
 
     rounds = [summary["round"] for summary in summaries]
     classes = sorted({name for summary in summaries for name in summary.get("cumulative_updates", {})})
-    figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(13, 4.5), constrained_layout=True)
 
     for class_name in classes:
         values = [summary.get("metrics", {}).get(class_name, {}).get("i_auroc", float("nan")) for summary in summaries]
@@ -43,11 +43,15 @@ def plot_rounds(summaries: Sequence[dict[str, Any]], path: Path) -> Path | None:
     mean = [summary.get("metrics_mean", {}).get("i_auroc", float("nan")) for summary in summaries]
     left.plot(rounds, mean, color="black", linewidth=2.5, label="mean")
 
+    from matplotlib.ticker import MaxNLocator
+
     left.set(title="I-AUROC per class", xlabel="round", ylabel="I-AUROC", ylim=(0.0, 1.02))
     right.set(title="cumulative updates B_c", xlabel="round", ylabel="updates")
     for axes in (left, right):
         axes.grid(alpha=0.3)
-    left.legend(fontsize="small", ncol=2, loc="lower right")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.yaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.legend(*left.get_legend_handles_labels(), loc="outside right center", fontsize="small")
 
     figure.savefig(path, dpi=110)
     pyplot.close(figure)

@@ -16,6 +16,7 @@ from cloud.reports import RoundReporter
 from modiad.errors import ConfigError
 from modiad.features.cache import FeatureCache
 from modiad.features.presets import service_extractor
+from modiad.protocol import Topics
 from modiad.runner import install_stop_signals, run_nodes
 from modiad.settings import CloudSettings
 from modiad.transport.base import Transport
@@ -54,6 +55,7 @@ def build_coordinator(
         evaluator = Evaluator(
             settings.data_root, settings.eval_split, extractor, cache=cache, classes=settings.classes
         )
+        evaluator.classes()  # a missing data root or unknown class fails here, before any round
     results = results_dir or settings.results_dir or Path(settings.state_dir) / "results"
     reporter = RoundReporter(
         results,
@@ -75,7 +77,7 @@ def build_coordinator(
 def run_cloud(settings: CloudSettings) -> None:
     """Run the cloud over MQTT until the last round is done or a stop signal arrives."""
     torch.set_num_threads(settings.torch_threads)
-    transport = MqttTransport(settings.mqtt, client_id="modiad-cloud")
+    transport = MqttTransport(settings.mqtt, client_id=Topics(settings.topic_root).client_id("cloud"))
     coordinator = build_coordinator(settings, transport)
     if coordinator.evaluator is not None:
         # Extract the evaluation split while the first rounds run.

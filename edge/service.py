@@ -22,7 +22,7 @@ def run_edge(settings: EdgeSettings, *, exit_when_finished: bool = False) -> Non
     extractor = service_extractor(settings)
     topics = Topics(settings.topic_root)
     transport = MqttTransport(
-        settings.mqtt, client_id=f"modiad-edge-{settings.edge_id}", will=offline_will(topics, settings.edge_id)
+        settings.mqtt, client_id=topics.client_id(f"edge-{settings.edge_id}"), will=offline_will(topics, settings.edge_id)
     )
     node = EdgeNode(settings, transport, extractor)
 

@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     except ModiadError as error:
         print(f"modiad {arguments.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A state, output or data path that cannot be created, read or written.
+        print(f"modiad {arguments.command}: error: {error}; check the path and its permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"modiad {arguments.command}: interrupted", file=sys.stderr)
         return 130

@@ -61,6 +61,10 @@ class DemoOptions:
 
 def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Run the demo end to end; return the parsed results.json."""
+    if options.broker is not None:
+        from modiad.transport.mqtt import parse_broker_url
+
+        parse_broker_url(options.broker)
     output = _prepare_output(options.output)
     print(f"MODIAD demo: results go to {output}", flush=True)
 
@@ -101,8 +105,11 @@ def _prepare_output(output: Path | None) -> Path:
     if output is None:
         output = RESULTS_PARENT / datetime.now().strftime("%Y%m%d-%H%M%S")
     output = Path(output).resolve()
-    if (output / "results.json").exists():
-        raise ConfigError(f"output folder {output} already contains results.json; choose another --output")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(
+            f"output folder {output} already exists and is not empty; choose a new --output, "
+            "because a second run there would mix its state, logs and results with the first"
+        )
     output.mkdir(parents=True, exist_ok=True)
     return output
 
@@ -119,12 +126,36 @@ def _prepare_dataset(options: DemoOptions) -> Path:
 
     from sensors_sim.synthetic import generate_dataset
 
-    root = (options.data_root or DEFAULT_DATA_ROOT).resolve()
+    default_root = DEFAULT_DATA_ROOT if options.profile == "demo" else DEFAULT_DATA_ROOT.with_name(
+        f"synthetic-{options.profile}"
+    )
+    root = (options.data_root or default_root).resolve()
+    _refuse_other_synthetic_set(root, options)
     started = time.perf_counter()
     print(f"synthetic dataset: {root} (generated if missing)", flush=True)
-    generate_dataset(root, profile=options.profile, seed=options.seed, classes=options.classes)
+    # Every class is generated even for a --classes subset, so one folder serves any subset.
+    generate_dataset(root, profile=options.profile, seed=options.seed)
     print(f"synthetic dataset ready in {time.perf_counter() - started:.1f} s", flush=True)
     return root
+
+
+def _refuse_other_synthetic_set(root: Path, options: DemoOptions) -> None:
+    """Raise rather than regenerate a synthetic set made with another profile or seed.
+
+    Another run may be reading that folder, and regenerating would replace its files.
+    """
+    manifest_path = root / "dataset.json"
+    if not manifest_path.is_file():
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{manifest_path} is unreadable ({error}); delete {root} or pass another --data-root") from error
+    if (manifest.get("profile"), manifest.get("seed")) != (options.profile, options.seed):
+        raise ConfigError(
+            f"{root} contains the synthetic set of profile {manifest.get('profile')!r} and seed {manifest.get('seed')}, "
+            f"not profile {options.profile!r} and seed {options.seed}; pass another --data-root or delete that folder"
+        )
 
 
 def _prepare_eyecandies(options: DemoOptions) -> Path:

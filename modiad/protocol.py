@@ -17,6 +17,7 @@ Flow of one round:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from typing import Annotated, Literal
@@ -182,6 +183,15 @@ class Topics:
         if not root or "+" in root or "#" in root or root.endswith("/"):
             raise ValueError(f"invalid topic root {root!r}: use levels without wildcards or a trailing slash")
         self.root = root
+
+    def client_id(self, role: str) -> str:
+        """Return the MQTT client id of a service in this fleet, e.g. "modiad-cloud-1a2b3c4d".
+
+        The suffix is a hash of the topic root, so two fleets on one broker never share
+        a client id (the broker would disconnect one of them) or a persistent session.
+        """
+        digest = hashlib.sha256(self.root.encode("utf-8")).hexdigest()[:8]
+        return f"modiad-{role}-{digest}"
 
     def sample(self, edge_id: str) -> str:
         return f"{self.root}/sensors/{edge_id}/sample"

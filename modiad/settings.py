@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from modiad.errors import ConfigError
 from modiad.features.embedded import EmbeddedFeatureSettings
@@ -193,17 +194,30 @@ def load_settings(settings_class: type[SettingsT], path: Path | str | None = Non
         return settings_class(**data)
     except ValidationError as error:
         raise ConfigError(_describe_validation_error(settings_class, error, path)) from error
+    except SettingsError as error:
+        # pydantic-settings raises this for a MODIAD_* variable it cannot parse (nested values are JSON).
+        raise ConfigError(
+            f"invalid environment variable for {settings_class.__name__}: {error}; nested fields and lists take "
+            'JSON, e.g. MODIAD_EXPECTED_EDGES=\'["edge-1","edge-2"]\''
+        ) from error
     finally:
         _command_line_overrides.reset(token)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"config path {path} is a folder; pass a YAML file such as config/cloud.yaml")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass an existing YAML file (examples are in config/)")
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({error}); save it as UTF-8 YAML") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+        first_line = str(error).splitlines()[0] if str(error) else "syntax error"
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {first_line}") from error
     if content is None:
         return {}
     if not isinstance(content, dict):
@@ -214,7 +228,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _describe_validation_error(settings_class: type[BaseModel], error: ValidationError, path: Path | str | None) -> str:
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "<root>"
-    source = f" in {path}" if path else ""
+    source = f" (settings from {path}, MODIAD_* environment variables and options)" if path else ""
     value = first.get("input")
     message = first["msg"]
     if first["type"] == "extra_forbidden":

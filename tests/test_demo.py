@@ -122,3 +122,39 @@ def test_demo_runs_with_paper_preset_and_test_made_weights(tmp_path):
     assert sorted(results["classes"]) == ["dome", "ring"]
     cloud_config = (output / "config" / "cloud.yaml").read_text()
     assert "features_preset: paper" in cloud_config
+
+
+def test_demo_refuses_non_empty_output_folder(tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "state").mkdir()
+    result = _run_demo("--profile", "small", "--output", str(output), "--data-root", str(tmp_path / "data"),
+                       cwd=tmp_path, timeout_s=120)
+
+    assert result.returncode == 2
+    assert "not empty" in result.stderr
+
+
+def test_demo_refuses_to_regenerate_another_synthetic_set(tmp_path):
+    from sensors_sim.synthetic import generate_dataset
+
+    data = tmp_path / "data"
+    generate_dataset(data, profile="small", seed=0, classes=["dome"])
+    before = sorted(path.name for path in data.iterdir())
+
+    result = _run_demo("--profile", "small", "--seed", "5", "--output", str(tmp_path / "out"),
+                       "--data-root", str(data), cwd=tmp_path, timeout_s=120)
+
+    assert result.returncode == 2
+    assert "another --data-root" in result.stderr
+    assert sorted(path.name for path in data.iterdir()) == before
+
+
+def test_demo_rejects_bad_broker_url_before_starting(tmp_path):
+    result = _run_demo("--broker", "http://127.0.0.1:1883", "--output", str(tmp_path / "out"), cwd=tmp_path,
+                       timeout_s=120)
+
+    assert result.returncode == 2
+    assert "http://127.0.0.1:1883" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

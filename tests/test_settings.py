@@ -90,3 +90,28 @@ def test_example_configs_are_valid():
     assert load_settings(CloudSettings, config_dir / "cloud.yaml").rounds == 50
     assert load_settings(EdgeSettings, config_dir / "edge.yaml").edge_id == "edge-1"
     assert load_settings(SensorSettings, config_dir / "sensors.yaml").packet_size == 10
+
+
+def test_bad_json_in_environment_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("MODIAD_EXPECTED_EDGES", "edge-1")
+    with pytest.raises(ConfigError, match="JSON"):
+        load_settings(CloudSettings)
+
+
+def test_non_utf8_config_is_a_config_error(tmp_path):
+    path = tmp_path / "cloud.yaml"
+    path.write_bytes(b"\xff\xfe\x00rounds: 3")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_settings(CloudSettings, path)
+
+
+def test_config_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_settings(CloudSettings, tmp_path)
+
+
+def test_client_ids_differ_between_fleets():
+    from modiad.protocol import Topics
+
+    assert Topics("fleet-a/v1").client_id("cloud") != Topics("fleet-b/v1").client_id("cloud")
+    assert Topics("fleet-a/v1").client_id("cloud") == Topics("fleet-a/v1").client_id("cloud")

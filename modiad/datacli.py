@@ -33,7 +33,7 @@ def add_data_parser(commands: argparse._SubParsersAction) -> None:
     generate = actions.add_parser("generate", help="write the synthetic dataset in the MVTec 3D-AD layout")
     generate.add_argument("root", nargs="?", type=Path, default=DEFAULT_SYNTHETIC_ROOT,
                           help=f"output folder (default {DEFAULT_SYNTHETIC_ROOT})")
-    generate.add_argument("--profile", default="demo", help="sample counts and image size: small, demo or full (default demo)")
+    generate.add_argument("--profile", default="demo", help="sample counts and image size: small, tiny, demo or full (default demo)")
     generate.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     generate.add_argument("--classes", help="comma-separated class names (default: all ten)")
 

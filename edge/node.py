@@ -154,6 +154,13 @@ class EdgeNode:
             self.rejections.reject("sample", topic, f"sample {header.sample_id}: {error}")
             self._rejected_samples.add(header.sample_id)
             return
+        if not maps.foreground.any():
+            # Training and scoring use object cells only, so such a sample adds nothing.
+            self.rejections.reject(
+                "sample", topic, f"sample {header.sample_id}: no valid object points after background removal"
+            )
+            self._rejected_samples.add(header.sample_id)
+            return
         self.buffer.add(
             sample,
             maps,
@@ -251,6 +258,9 @@ class EdgeNode:
         pair = load_pair_state(MapperPair(header.dim_2d, header.dim_3d), state)
 
         f2d, f3d, num_samples = self.buffer.training_features(class_name)
+        if f2d.shape[0] == 0:
+            logger.error("edge %s: class %s has no foreground pixels to train on; no update sent", self.edge_id, class_name)
+            return
         started = time.perf_counter()
         result = train_local(
             pair,

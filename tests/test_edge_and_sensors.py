@@ -291,3 +291,15 @@ def test_evaluator_reuses_cached_features_after_restart(tmp_path, dataset, extra
 
     assert second.extractions == 0
     assert sum(len(entries) for entries in prepared.samples.values()) == first.extractions
+
+
+def test_sample_without_object_points_is_rejected(tmp_path, dataset, extractor):
+    edge = EdgeHarness(tmp_path / "edge", extractor)
+    sample = _train_samples(dataset, CLASSES[0], 1)[0]
+    empty = type(sample)(sample.sample_id, sample.class_name, sample.rgb, np.full_like(sample.xyz, np.inf))
+
+    edge.send_sample(empty)
+    edge.pump()
+
+    assert edge.node.buffer.counts() == {}
+    assert edge.node.rejections.counts["sample"] == 1

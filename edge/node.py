@@ -136,6 +136,11 @@ class EdgeNode:
         try:
             if header.edge_id != self.edge_id:
                 raise ProtocolError(f"sample is addressed to edge {header.edge_id!r}, not {self.edge_id!r}")
+            if self.settings.classes and header.class_name not in self.settings.classes:
+                raise ProtocolError(
+                    f"class {header.class_name!r} is not among this edge's classes {self.settings.classes}; "
+                    "fix the sensor's class name or add it to the edge's `classes` setting"
+                )
             check_tensors(tensors, sample_tensor_specs(header.height, header.width))
         except ProtocolError as error:
             self.rejections.reject("sample", topic, f"sample {header.sample_id}: {error}")

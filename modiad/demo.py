@@ -249,12 +249,19 @@ def _write_configs(
             "packet_size": options.packet_size,
         },
     }
+    from sensors_sim.stream import partition_classes
+
+    # The same partition the sensor simulator computes, so each edge accepts only its classes.
+    partition = partition_classes(
+        sorted(classes), edge_ids, classes_per_edge=classes_per_edge, edges_per_class=edges_per_class
+    )
     for edge_id in edge_ids:
         documents[edge_id] = {
             **common,
             "state_dir": str(state_dir / edge_id),
             "edge_id": edge_id,
             "capacity": options.capacity,
+            "classes": sorted(partition[edge_id]),
         }
     paths = {}
     for name, document in documents.items():

@@ -147,6 +147,10 @@ class EdgeSettings(_ServiceSettings):
 
     edge_id: str = Field("edge-1", description="Unique id of this edge; used in topics and file names.")
     capacity: int = Field(2, ge=0, le=10_000, description="Γ_k^cop: class updates this edge can run per round.")
+    classes: list[str] = Field(
+        default_factory=list,
+        description="Class names this edge accepts samples of (empty: any); a sample of another class is rejected.",
+    )
     wait_for_packet: bool = Field(
         True, description="Report status only after the round's packet arrived (lock-step replay); false for live sensors."
     )

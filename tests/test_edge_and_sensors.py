@@ -303,3 +303,15 @@ def test_sample_without_object_points_is_rejected(tmp_path, dataset, extractor):
 
     assert edge.node.buffer.counts() == {}
     assert edge.node.rejections.counts["sample"] == 1
+
+
+def test_sample_of_unlisted_class_is_rejected(tmp_path, dataset, extractor):
+    edge = EdgeHarness(tmp_path / "edge", extractor)
+    edge.node.settings = edge.settings.model_copy(update={"classes": [CLASSES[1]]})
+    sample = _train_samples(dataset, CLASSES[0], 1)[0]
+
+    edge.send_sample(sample)
+    edge.pump()
+
+    assert edge.node.buffer.counts() == {}
+    assert edge.node.rejections.counts["sample"] == 1

@@ -219,7 +219,12 @@ def _write_configs(
     config_dir = output / "config"
     state_dir = output / "state"
     config_dir.mkdir(exist_ok=True)
-    common: dict[str, Any] = {"mqtt": {"url": broker_url}, "seed": options.seed, "log_level": "INFO"}
+    mqtt: dict[str, Any] = {"url": broker_url}
+    if options.broker is None:
+        # The embedded amqtt broker drops a message whose PUBACK takes over 5 s, and a
+        # training edge polls less often than that, so acknowledge on receipt there.
+        mqtt["ack_after_handling"] = False
+    common: dict[str, Any] = {"mqtt": mqtt, "seed": options.seed, "log_level": "INFO"}
     if options.features == "paper":
         common["features_preset"] = "paper"
         common["paper_features"] = {"weights_dir": str(Path(options.weights_dir).resolve())}

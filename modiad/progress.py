@@ -29,7 +29,9 @@ class ProgressObserver:
     """Counts a run's traffic per round and renders a one-line status."""
 
     def __init__(self, broker_url: str, topic_root: str, *, expected_edges: int, stream: TextIO = sys.stdout) -> None:
-        self.transport = MqttTransport(MqttSettings(url=broker_url), client_id=f"modiad-progress-{uuid.uuid4().hex[:8]}")
+        # A passive watcher: no session to keep on the broker, no need to delay acknowledgements.
+        settings = MqttSettings(url=broker_url, persistent_session=False, ack_after_handling=False)
+        self.transport = MqttTransport(settings, client_id=f"modiad-progress-{uuid.uuid4().hex[:8]}")
         self.topics = Topics(topic_root)
         self.expected_edges = expected_edges
         self.stream = stream

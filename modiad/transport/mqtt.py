@@ -141,6 +141,11 @@ class MqttSettings(BaseModel):
         description="Keep the broker-side session (subscriptions and QoS 1 messages queued while offline) across "
         "disconnects, which needs a stable client id. False starts a clean session on every connect.",
     )
+    ack_after_handling: bool = Field(
+        True,
+        description="Acknowledge an inbound QoS 1 message only after its handler ran, so a crash before that "
+        "gets it redelivered. Turn off for brokers that give up on slow acknowledgements (amqtt 0.12 waits 5 s).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -408,7 +413,7 @@ class MqttTransport(Transport):
         Message ids are per connection: after a reconnect the broker redelivers the
         unacknowledged message with a new id, so an old id must not be acknowledged.
         """
-        if qos == 0 or generation != self._generation or self._client is None:
+        if not self.settings.ack_after_handling or qos == 0 or generation != self._generation or self._client is None:
             return
         self._client.ack(mid, qos)
 
@@ -421,7 +426,7 @@ class MqttTransport(Transport):
             client_id=self.client_id,
             clean_session=not persistent,
             protocol=paho.MQTTv311,
-            manual_ack=True,
+            manual_ack=self.settings.ack_after_handling,
         )
         # paho 2.2 logs a routine "Client is not connected" at ERROR after every lost
         # connection, so its own log is attached only when someone debugs it.
@@ -628,7 +633,7 @@ class MqttTransport(Transport):
             topic = message.topic
         except UnicodeDecodeError:
             logger.warning("client %s: dropped a message whose topic is not valid UTF-8", self.client_id)
-            client.ack(message.mid, message.qos)
+            self._acknowledge(message.mid, message.qos, self._generation)
             return
 
         size = len(message.payload)
@@ -642,7 +647,7 @@ class MqttTransport(Transport):
                 self.settings.max_payload_bytes,
                 self.rejected_oversize,
             )
-            client.ack(message.mid, message.qos)
+            self._acknowledge(message.mid, message.qos, self._generation)
             return
 
         self._inbound.put((topic, bytes(message.payload), message.mid, message.qos, self._generation))

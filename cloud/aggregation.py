@@ -17,7 +17,7 @@ def aggregate_class(updates: Sequence[dict[str, np.ndarray]]) -> dict[str, np.nd
     updates sorted by edge id to get bit-identical banks across transports.
     """
     if not updates:
-        raise ValueError("aggregate_class needs at least one update; a class nobody updated keeps its model")
+        raise ValueError("aggregate_class got no updates; a class that no edge updated keeps its model, so do not call it")
     names = sorted(updates[0])
     result: dict[str, np.ndarray] = {}
     for name in names:

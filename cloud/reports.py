@@ -44,13 +44,17 @@ class RoundReporter:
         return path
 
     def _plot(self) -> None:
-        """Draw curves.png from the round log; a plotting failure never loses the results."""
-        from cloud.plots import plot_rounds
+        """Draw curves.png from the round log.
 
+        Runs after results.json and results.csv are written, and any plotting
+        failure is logged, not raised, so a figure problem cannot stop the cloud.
+        """
         try:
+            from cloud.plots import plot_rounds
+
             summaries = [json.loads(line) for line in self.rounds_path.read_text(encoding="utf-8").splitlines()]
             plot_rounds(summaries, self.results_dir / "curves.png")
-        except (OSError, ValueError, ImportError) as error:
+        except Exception as error:  # matplotlib raises many kinds; the results are already safe
             logger.warning("curves.png not written: %s", error)
 
 

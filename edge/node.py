@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edge.buffer import SampleBuffer
 from modiad.codec import TensorSpec, check_tensors, encode
@@ -96,7 +95,7 @@ class EdgeNode:
             self.topics.online(self.edge_id), encode(OnlineHeader(edge_id=self.edge_id, state="online")), retain=True
         )
         logger.info(
-            "edge %s started: capacity %d, buffer holds %s", self.edge_id, self.settings.capacity, self.buffer.counts()
+            "edge %s started: capacity %d, buffer contains %s", self.edge_id, self.settings.capacity, self.buffer.counts()
         )
 
     def stop(self) -> None:
@@ -116,7 +115,7 @@ class EdgeNode:
             if waited < self.settings.packet_wait_s:
                 return
             logger.warning(
-                "edge %s: packet of round %d incomplete after %.0f s; reporting what the buffer holds",
+                "edge %s: packet of round %d incomplete after %.0f s; reporting what the buffer contains",
                 self.edge_id,
                 round_index,
                 waited,
@@ -303,7 +302,3 @@ class EdgeNode:
             result.final_loss,
         )
 
-
-def configure_torch(threads: int) -> None:
-    """Pin torch's CPU threads for this process (determinism and fair sharing of cores)."""
-    torch.set_num_threads(threads)

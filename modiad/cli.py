@@ -79,7 +79,7 @@ def _validate_demo(arguments: argparse.Namespace) -> None:
         if value < (0 if option in ("comm_budget", "capacity") else 1):
             raise ModiadError(f"--{option.replace('_', '-')} must be positive, got {value}")
     if arguments.features == "paper" and arguments.weights_dir is None:
-        raise ModiadError("--features paper needs --weights-dir, the folder that holds the DINO and Point-MAE weights")
+        raise ModiadError("--features paper needs --weights-dir, the folder that contains the DINO and Point-MAE weights")
 
 
 def _run_demo(arguments: argparse.Namespace) -> int:

@@ -73,10 +73,11 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     classes = _select_classes(options, data_root)
     options.classes = classes
     edge_ids = [f"edge-{index}" for index in range(1, options.edges + 1)]
-    stream_layout(len(classes), len(edge_ids))
-    configs = _write_configs(options, output, data_root, edge_ids, broker_url="mqtt://127.0.0.1:1")
+    stream_layout(len(classes), len(edge_ids))  # an uneven layout fails before a broker starts
 
     if options.transport == "inprocess":
+        # No broker is contacted in-process; the URL only has to be valid.
+        configs = _write_configs(options, output, data_root, edge_ids, broker_url="mqtt://127.0.0.1:1883")
         return _run_inprocess(configs, output)
 
     broker_process = None
@@ -130,7 +131,7 @@ def _prepare_dataset(options: DemoOptions) -> Path:
         f"synthetic-{options.profile}"
     )
     root = (options.data_root or default_root).resolve()
-    _refuse_other_synthetic_set(root, options)
+    _check_synthetic_set_matches(root, options)
     started = time.perf_counter()
     print(f"synthetic dataset: {root} (generated if missing)", flush=True)
     # Every class is generated even for a --classes subset, so one folder serves any subset.
@@ -139,7 +140,7 @@ def _prepare_dataset(options: DemoOptions) -> Path:
     return root
 
 
-def _refuse_other_synthetic_set(root: Path, options: DemoOptions) -> None:
+def _check_synthetic_set_matches(root: Path, options: DemoOptions) -> None:
     """Raise rather than regenerate a synthetic set made with another profile or seed.
 
     Another run may be reading that folder, and regenerating would replace its files.

@@ -1,7 +1,7 @@
 """The project's exception hierarchy.
 
 Every error that reaches a user derives from `ModiadError`, so entry points can
-print one clear line instead of a traceback. Messages say what failed, on which
+print one clear line instead of a traceback. Messages state what failed, on which
 value, and what to do next.
 """
 

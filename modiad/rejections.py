@@ -1,8 +1,8 @@
 """Counting and logging of rejected inbound messages.
 
-A service never crashes on a bad message: it logs the reason once per message
-(repeats of one reason are logged at most `LOG_EVERY` times in a row, then every
-hundredth) and counts it, so operators can see how much was dropped and why.
+A service does not crash on a bad message. It counts the message by kind and logs
+the reason: the first `LOG_FIRST_N` rejections of a kind one by one, then every
+hundredth. Operators can so see how much was dropped and why.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ class CloudSettings(_ServiceSettings):
 
     rounds: int = Field(10, ge=1, le=100_000, description="Rounds to run; a restarted cloud continues where it stopped.")
     expected_edges: list[str] = Field(
-        default_factory=list, description="Edge ids to wait for before round 1 (empty: start with whoever is online)."
+        default_factory=list, description="Edge ids to wait for before round 1 (empty: start as soon as any edge is online)."
     )
     join_timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for expected edges before starting anyway.")
     status_deadline_s: float = Field(300.0, gt=0, description="Seconds to collect status reports in a round.")

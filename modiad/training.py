@@ -71,7 +71,7 @@ def train_local(
         raise ValueError(f"f2d has {f2d.shape[0]} rows but f3d has {f3d.shape[0]}; they must be row-aligned")
     num_pixels = int(f2d.shape[0])
     if num_pixels == 0:
-        raise ValueError("no foreground pixels to train on; the class buffer holds no valid 3D points")
+        raise ValueError("no foreground pixels to train on; the class buffer contains no valid 3D points")
 
     inputs_2d = torch.from_numpy(np.ascontiguousarray(f2d, dtype=np.float32))
     inputs_3d = torch.from_numpy(np.ascontiguousarray(f3d, dtype=np.float32))

@@ -15,8 +15,8 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# torch and torchvision are pinned to a pair that imports cleanly together; on x86_64
-# this pair is a CUDA build that also runs on the CPU.
+# torch and torchvision are pinned to a pair that imports cleanly together. On x86_64
+# this pair is a CUDA build, which also runs on the CPU.
 case "$(uname -m)" in
     x86_64) torch_pins=("torch==2.14.1" "torchvision==0.29.1") ;;
     aarch64) torch_pins=("torch==2.9.1" "torchvision==0.24.1") ;;

@@ -16,7 +16,7 @@ def _bank() -> ModelBank:
     return bank
 
 
-def test_new_class_enters_with_zero_updates_and_expected_shapes():
+def test_new_class_shapes_and_counts():
     bank = _bank()
     model = bank.classes["disc"]
     assert model.updates == 0

@@ -85,7 +85,8 @@ def test_identifiers_with_topic_wildcards_are_rejected():
 
 def test_check_tensors_accepts_matching_set():
     specs = sample_tensor_specs(4, 5)
-    check_tensors({"rgb": np.zeros((4, 5, 3), np.uint8), "xyz": np.full((4, 5, 3), np.nan, np.float32)}, specs)
+    tensors = {"rgb": np.zeros((4, 5, 3), np.uint8), "xyz": np.full((4, 5, 3), np.nan, np.float32)}
+    assert check_tensors(tensors, specs) is None  # raises ProtocolError on any mismatch
 
 
 @pytest.mark.parametrize(

@@ -290,7 +290,7 @@ def test_restarted_cloud_resumes_after_last_completed_round(tmp_path):
     assert restored.classes["disc"].updates == 1
 
 
-def test_class_first_seen_mid_run_enters_with_zero_updates(tmp_path):
+def test_new_class_mid_run_starts_at_zero(tmp_path):
     fleet = _started_fleet(tmp_path, expected_edges=["edge-1"], rounds=2)
     fleet.online("edge-1")
     fleet.pump()
@@ -340,12 +340,12 @@ def test_failed_assignment_publish_does_not_stop_the_round(tmp_path):
     fleet.pump()
     publish = fleet.cloud_transport.publish
 
-    def refuse_edge_2(topic, payload, *, retain=False):
+    def fail_edge_2(topic, payload, *, retain=False):
         if topic == fleet.topics.assignment("edge-2"):
             raise TransportError("payload too large for the test")
         publish(topic, payload, retain=retain)
 
-    fleet.cloud_transport.publish = refuse_edge_2
+    fleet.cloud_transport.publish = fail_edge_2
     fleet.status("edge-1", 1, {"disc": 5})
     fleet.status("edge-2", 1, {"ring": 5})
     fleet.pump()

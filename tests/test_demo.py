@@ -104,7 +104,7 @@ def test_inprocess_demo_on_two_classes(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_with_paper_preset_and_test_made_weights(tmp_path):
+def test_demo_paper_preset_test_weights(tmp_path):
     from modiad.features.paper import save_random_paper_weights
 
     weights = tmp_path / "weights"
@@ -124,7 +124,7 @@ def test_demo_runs_with_paper_preset_and_test_made_weights(tmp_path):
     assert "features_preset: paper" in cloud_config
 
 
-def test_demo_refuses_non_empty_output_folder(tmp_path):
+def test_demo_rejects_non_empty_output_folder(tmp_path):
     output = tmp_path / "out"
     output.mkdir()
     (output / "state").mkdir()
@@ -135,7 +135,7 @@ def test_demo_refuses_non_empty_output_folder(tmp_path):
     assert "not empty" in result.stderr
 
 
-def test_demo_refuses_to_regenerate_another_synthetic_set(tmp_path):
+def test_demo_keeps_other_synthetic_set(tmp_path):
     from sensors_sim.synthetic import generate_dataset
 
     data = tmp_path / "data"

@@ -88,13 +88,13 @@ def make_scene(
 
 
 @pytest.fixture(scope="module")
-def test_settings() -> EmbeddedFeatureSettings:
+def small_settings() -> EmbeddedFeatureSettings:
     return EmbeddedFeatureSettings(grid_size=GRID_SIZE, border_px=6)
 
 
 @pytest.fixture(scope="module")
-def extractor(test_settings: EmbeddedFeatureSettings) -> EmbeddedExtractor:
-    return EmbeddedExtractor(test_settings)
+def extractor(small_settings: EmbeddedFeatureSettings) -> EmbeddedExtractor:
+    return EmbeddedExtractor(small_settings)
 
 
 # ---------------------------------------------------------------------------
@@ -158,7 +158,9 @@ def test_loaded_model_frozen_eval() -> None:
 
 
 def test_weights_logits_match_reference() -> None:
-    reference_package = pytest.importorskip("efficientnet_lite_pytorch")
+    # A test extra (efficientnet-lite-pytorch), so CI always runs this comparison.
+    import efficientnet_lite_pytorch as reference_package
+
     weights_path = find_lite0_weights_file()
     reference = reference_package.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path))
     reference.eval()
@@ -445,8 +447,8 @@ def test_settings_fingerprint_tracks_fields() -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_extractor_attributes(extractor: EmbeddedExtractor, test_settings: EmbeddedFeatureSettings) -> None:
-    assert extractor.identity == f"embedded-effnetlite0-fpfh-v1-{test_settings.fingerprint()}"
+def test_extractor_attributes(extractor: EmbeddedExtractor, small_settings: EmbeddedFeatureSettings) -> None:
+    assert extractor.identity == f"embedded-effnetlite0-fpfh-v1-{small_settings.fingerprint()}"
     assert extractor.grid_size == GRID_SIZE
     assert extractor.dim_2d == 472
     assert extractor.dim_3d == FPFH_DIM
@@ -508,12 +510,12 @@ def test_extract_all_points_missing(extractor: EmbeddedExtractor, caplog) -> Non
     assert np.isfinite(maps.f2d).all()
 
 
-def test_extract_is_deterministic(extractor: EmbeddedExtractor, test_settings: EmbeddedFeatureSettings) -> None:
+def test_extract_is_deterministic(extractor: EmbeddedExtractor, small_settings: EmbeddedFeatureSettings) -> None:
     rgb, xyz, _ = make_scene(seed=11)
 
     first = extractor.extract(rgb, xyz)
     second = extractor.extract(rgb.copy(), xyz.copy())
-    other_instance = EmbeddedExtractor(test_settings).extract(rgb, xyz)
+    other_instance = EmbeddedExtractor(small_settings).extract(rgb, xyz)
 
     for maps in (second, other_instance):
         np.testing.assert_array_equal(maps.f2d, first.f2d)

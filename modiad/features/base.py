@@ -15,7 +15,7 @@ class FeatureMaps:
     """Aligned 2D and 3D features of one sample on a G×G grid.
 
     `f2d` is float32 G×G×D2, `f3d` is float32 G×G×D3, and `foreground` is bool G×G:
-    True where the cell holds valid object points (background plane and missing
+    True where the cell contains valid object points (background plane and missing
     points removed). Training uses only foreground cells; scoring gives every cell a
     value but background cells score 0.
     """
